@@ -1,0 +1,96 @@
+"""ISIC 2018 Task 3 layout: a folder of images and a one-hot ground-truth CSV.
+
+The CSV has columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`` (any order), one row per image, exactly one
+1 per row (written ``1`` or ``1.0``). The classes are HAM10000's, so ``dx`` uses HAM's lowercase names.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from qana_keras import CLASSES
+from qana_keras.data.ham10000 import IMAGE_EXTENSIONS, DatasetError, read_csv_rows, unsafe_name_problem
+
+CLASS_COLUMNS = {c.upper(): c for c in CLASSES}  # "AKIEC" -> "akiec", ...
+
+
+def _one_hot_value(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value in (0.0, 1.0) else None
+
+
+def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.DataFrame:
+    """Columns image_id, dx (HAM names), path; sorted by image_id.
+
+    Raises DatasetError naming every bad row (not exactly one-hot, missing or duplicate image, unsafe
+    name), unknown or missing columns, and image files without a row.
+    """
+    images_dir = Path(images_dir).expanduser().absolute()
+    csv_path = Path(ground_truth_csv).expanduser().absolute()
+    if not csv_path.is_file():
+        raise DatasetError(f"ground-truth CSV {csv_path} not found; see data/README.md (ISIC 2018)")
+    if not images_dir.is_dir():
+        raise DatasetError(f"image folder {images_dir} not found; see data/README.md (ISIC 2018)")
+    problems: list[str] = []
+    parsed = read_csv_rows(csv_path, problems)
+    if parsed is None:
+        raise DatasetError(f"{csv_path} is unreadable", problems)
+    header, rows = parsed
+    expected = ["image", *CLASS_COLUMNS]
+    unknown = [c for c in header if c not in expected]
+    missing = [c for c in expected if c not in header]
+    if unknown or missing or len(set(header)) != len(header):
+        raise DatasetError(f"{csv_path}: header {','.join(header)!r} does not match the ISIC 2018 Task 3 "
+                           f"ground truth ({','.join(expected)}): unknown {unknown}, missing {missing}")
+    col = {c: i for i, c in enumerate(header)}
+
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for entry in os.scandir(images_dir):
+        stem, ext = os.path.splitext(entry.name)
+        # The official folders also hold ATTRIBUTION.txt and LICENSE.txt, which are not images.
+        if entry.is_file() and not entry.name.startswith(".") and ext.lower() in IMAGE_EXTENSIONS:
+            by_stem[stem].append(Path(entry.path))
+
+    name = csv_path.name
+    seen: dict[str, int] = {}
+    records = []
+    for line, fields in rows:
+        image_id = fields[col["image"]]
+        where = f"{name} line {line} (image {image_id!r})"
+        unsafe = unsafe_name_problem(image_id) if image_id else "is empty"
+        if unsafe:
+            problems.append(f"{where}: image name {unsafe}; it must be a bare name like ISIC_0024306")
+            continue
+        values = {c: _one_hot_value(fields[col[c]]) for c in CLASS_COLUMNS}
+        bad = [f"{c}={fields[col[c]]!r}" for c, v in values.items() if v is None]
+        ones = [c for c, v in values.items() if v == 1.0]
+        if bad:
+            problems.append(f"{where}: values must be 0 or 1, got {', '.join(bad)}")
+            continue
+        if len(ones) != 1:
+            problems.append(f"{where}: {len(ones)} classes set ({', '.join(ones) or 'none'}); exactly one must be 1")
+            continue
+        if image_id in seen:
+            problems.append(f"{where}: duplicate image, first at line {seen[image_id]}; remove one of the rows")
+            continue
+        seen[image_id] = line
+        files = by_stem.get(image_id, [])
+        if len(files) != 1:
+            problems.append(f"{where}: " + (f"no image file {image_id}.jpg (or .jpeg/.png) in {images_dir}; "
+                                            "put it there or remove the row" if not files else
+                                            f"{len(files)} files match ({', '.join(p.name for p in files)}); keep one"))
+            continue
+        records.append((image_id, CLASS_COLUMNS[ones[0]], str(files[0])))
+    extra = sorted(p.name for stem, files in by_stem.items() if stem not in seen for p in files)
+    problems += [f"{images_dir.name}/{n}: image file has no row in {name}; add its row or remove it" for n in extra]
+    if problems:
+        raise DatasetError(f"ISIC 2018 data ({csv_path}, {images_dir}) is not usable; fix the problems below",
+                           problems)
+    df = pd.DataFrame(records, columns=["image_id", "dx", "path"], dtype=str)
+    return df.sort_values("image_id").reset_index(drop=True)
