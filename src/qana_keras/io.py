@@ -8,6 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+class RunFolderError(RuntimeError):
+    """A run folder is missing, or would be overwritten without being asked to."""
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""

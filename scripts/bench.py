@@ -1,0 +1,121 @@
+"""CPU inference speed of a run's float Keras, quantized Keras and Akida-software-backend models.
+
+    qana bench --run runs/<name>          (or: python scripts/bench.py --run runs/<name>)
+
+Measures images/s and ms/image at batch 1 and batch 100 on this machine's CPU and writes
+``bench.json`` in the run folder. These are CPU figures: the Akida row is the software simulator,
+not the chip, and says nothing about Akida hardware latency or throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+BATCH_SIZES = (1, 100)
+
+
+def _timed(fn, min_seconds: float, min_repeats: int) -> tuple[float, int]:
+    """Seconds per call of ``fn`` (after one warm-up call), repeating until both minimums are met."""
+    fn()
+    repeats, began = 0, time.perf_counter()
+    while repeats < min_repeats or time.perf_counter() - began < min_seconds:
+        fn()
+        repeats += 1
+    return (time.perf_counter() - began) / repeats, repeats
+
+
+def bench_model(name: str, model, images: np.ndarray, batch_sizes=BATCH_SIZES, min_seconds: float = 3.0,
+                min_repeats: int = 3) -> list[dict]:
+    """One row per batch size: images/s and ms/image for one model."""
+    import tf_keras as keras
+
+    from qana_keras.convert import HybridModel, akida_logits
+
+    rows = []
+    for batch in batch_sizes:
+        x = np.ascontiguousarray(images[:batch])
+        if len(x) < batch:  # too few images: tile them (speed does not depend on content)
+            x = np.resize(images, (batch, *images.shape[1:]))
+        if isinstance(model, keras.Model):
+            # predict_on_batch runs Keras's compiled predict function: no per-call data-pipeline overhead.
+            fn = lambda: model.predict_on_batch(x)  # noqa: E731
+        elif isinstance(model, HybridModel):
+            fn = lambda: model.predict(x, batch_size=batch)  # noqa: E731
+        else:
+            fn = lambda: akida_logits(model, x, batch_size=batch)  # noqa: E731
+        seconds, repeats = _timed(fn, min_seconds, min_repeats)
+        rows.append({"model": name, "batch_size": batch, "images_per_second": batch / seconds,
+                     "ms_per_image": 1000.0 * seconds / batch, "ms_per_batch": 1000.0 * seconds, "repeats": repeats})
+    return rows
+
+
+def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data_config=None, log=print) -> dict:
+    """Benchmark the three models of ``run_dir`` on its test images; writes bench.json."""
+    import tf_keras as keras
+
+    from qana_keras.config import load_config
+    from qana_keras.convert import load_converted, precision_tag
+    from qana_keras.data.dataset import load_splits
+    from qana_keras.io import write_json
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    if data_config is not None:
+        config.data = data_config
+    converted = load_converted(run_dir, bits)
+    images = load_splits(config.data, log=log)["test"].images[:max(BATCH_SIZES)]
+    models = {"float Keras (TensorFlow CPU)": keras.models.load_model(converted["paths"]["float"], compile=False),
+              f"quantized Keras {precision_tag(bits)} (TensorFlow CPU)": converted["quantized"],
+              "Akida software backend (CPU simulator)": converted["akida"]}
+    rows = []
+    for name, model in models.items():
+        log(f"timing {name} ...")
+        rows += bench_model(name, model, images, min_seconds=min_seconds)
+    out = {"variant": converted["variant"], "precision": precision_tag(bits),
+           "hybrid": bool(converted["report"].get("hybrid")),
+           "note": "CPU figures on this machine. The Akida row is the software simulator running on the CPU; "
+                   "it is not Akida chip latency or throughput.",
+           "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                       "python": platform.python_version()},
+           "rows": rows}
+    suffix = "" if bits == 8 else f"_{precision_tag(bits)}"
+    write_json(run_dir / f"bench{suffix}.json", out)
+    log(format_table(rows))
+    log(f"wrote {run_dir / f'bench{suffix}.json'}")
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    width = max(len(r["model"]) for r in rows)
+    lines = ["CPU inference speed (this machine; Akida = software simulator, not the chip)",
+             f"{'model':<{width}}  {'batch':>5}  {'images/s':>9}  {'ms/image':>9}"]
+    for r in rows:
+        lines.append(f"{r['model']:<{width}}  {r['batch_size']:>5}  {r['images_per_second']:>9.1f}  "
+                     f"{r['ms_per_image']:>9.2f}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qana bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="run folder with a converted model (qana convert)")
+    parser.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="minimum timing per model and batch size")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    bench_run(args.run, bits=args.bits, min_seconds=args.min_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

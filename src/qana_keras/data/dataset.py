@@ -1,0 +1,52 @@
+"""The HAM10000 splits as arrays: metadata + committed split file + cached images, in one call."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from qana_keras import CLASSES
+from qana_keras.config import DataConfig
+from qana_keras.data import ham10000, splits
+from qana_keras.data.cache import load_cached_images
+
+
+@dataclass
+class SplitData:
+    images: np.ndarray  # (N, S, S, 3) uint8
+    labels: np.ndarray  # (N,) int, index into CLASSES
+    frame: pd.DataFrame  # metadata rows (image_id, lesion_id, dx, ...), aligned with images
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _subset(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
+    """A class-stratified subset of at most ``max_images`` rows that keeps every class present."""
+    if max_images <= 0 or len(frame) <= max_images:
+        return frame
+    fraction = max_images / len(frame)
+    parts = [group.sample(n=max(1, int(round(len(group) * fraction))), random_state=seed)
+             for _, group in frame.groupby("dx", sort=True)]
+    return pd.concat(parts).sort_values("image_id")
+
+
+def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=print) -> dict[str, SplitData]:
+    """Validate the metadata, check the split file against it, and return train/val/test arrays.
+
+    ``max_images`` > 0 keeps a class-stratified subset of each split (quick runs).
+    """
+    meta = ham10000.load_metadata(config.data_dir)
+    split = splits.read_split(config.split_file, meta=meta)
+    meta = meta.merge(split[["image_id", "split"]], on="image_id", validate="one_to_one")
+    images = load_cached_images(meta["path"].tolist(), config.image_size, config.cache_dir,
+                                name="ham10000", log=log)
+    class_index = {name: i for i, name in enumerate(CLASSES)}
+    out = {}
+    for name in splits.SPLITS:
+        frame = _subset(meta[meta["split"] == name], max_images, seed)
+        rows = frame.index.to_numpy()
+        out[name] = SplitData(images[rows], frame["dx"].map(class_index).to_numpy(np.int64),
+                              frame.reset_index(drop=True))
+    return out

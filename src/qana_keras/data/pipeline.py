@@ -1,0 +1,93 @@
+"""tf.data input pipeline: uint8 images in, augmented uint8 images and one-hot labels out.
+
+Augmentation is stateless and seeded by (run seed, epoch, example index), so an epoch's batches do
+not depend on what ran before: a resumed run sees the same data as an uninterrupted one. Images
+stay uint8 end to end because the Akida model reads raw 0..255 pixels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+
+from qana_keras.config import TrainConfig
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray:
+    """Per-class loss weights: ``none`` (all 1), ``balanced`` (N / (K * n_k)) or ``sqrt`` of balanced."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if mode == "none":
+        return np.ones(num_classes)
+    if np.any(counts == 0):
+        missing = [i for i in range(num_classes) if counts[i] == 0]
+        raise ValueError(f"class weighting {mode!r}: classes {missing} have no training image")
+    balanced = counts.sum() / (num_classes * counts)
+    if mode == "balanced":
+        return balanced
+    if mode == "sqrt":
+        return np.sqrt(balanced)
+    raise ValueError(f"unknown class_weighting {mode!r}: use none, balanced or sqrt")
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, config: TrainConfig) -> tf.Tensor:
+    """Flips, 90-degree rotations, zoom and colour jitter, all stateless (``seed`` is shape [2])."""
+    seeds = tf.random.experimental.stateless_split(seed, num=6)
+    x = tf.cast(image, tf.float32)
+    size = tf.shape(x)[0]
+    if config.augment_flips:
+        x = tf.image.stateless_random_flip_left_right(x, seeds[0])
+        x = tf.image.stateless_random_flip_up_down(x, seeds[1])
+    if config.augment_rot90:
+        # Dermoscopy has no canonical orientation, so all four rotations are equally valid.
+        k = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
+        x = tf.image.rot90(x, k)
+    if config.augment_zoom > 0:
+        scale = tf.random.stateless_uniform([], seeds[3], 1.0 - config.augment_zoom, 1.0)
+        crop = tf.cast(tf.round(scale * tf.cast(size, tf.float32)), tf.int32)
+        x = tf.image.stateless_random_crop(x, tf.stack([crop, crop, 3]), seeds[4])
+        x = tf.image.resize(x, tf.stack([size, size]), method="area")
+    if config.augment_color > 0:
+        a = config.augment_color
+        jitter = tf.random.stateless_uniform([3], seeds[5], -a, a)
+        mean = tf.reduce_mean(x, axis=[0, 1], keepdims=True)
+        x = (x - mean) * (1.0 + jitter[0]) + mean  # contrast
+        gray = tf.reduce_mean(x, axis=-1, keepdims=True)
+        x = (x - gray) * (1.0 + jitter[1]) + gray  # saturation
+        x = x * (1.0 + jitter[2])  # brightness
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
+                 config: TrainConfig | None = None, training: bool = False, epoch: int = 0,
+                 sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
+    """Batches of (uint8 images, one-hot labels[, sample weights]) for one epoch.
+
+    With ``training``, the order is shuffled and images augmented from (config.seed, epoch); with
+    ``config.balanced_sampling`` the epoch draws images with probability inversely proportional to
+    their class frequency (same epoch length), also seeded.
+    """
+    n = len(images)
+    if training:
+        if config is None:
+            raise ValueError("training datasets need a TrainConfig")
+        rng = np.random.default_rng([config.seed, epoch])
+        if config.balanced_sampling:
+            counts = np.bincount(labels, minlength=num_classes)
+            p = 1.0 / counts[labels]
+            order = rng.choice(n, size=n, replace=True, p=p / p.sum())
+        else:
+            order = rng.permutation(n)
+    else:
+        order = np.arange(n)
+    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+    tensors = [images[order], one_hot[order]]
+    if sample_weights is not None:
+        tensors.append(sample_weights[order].astype(np.float32))
+    ds = tf.data.Dataset.from_tensor_slices(tuple(tensors))
+    if training:
+        ds = ds.enumerate().map(
+            lambda i, item: (augment(item[0], tf.stack([tf.cast(config.seed * 100003 + epoch, tf.int64), i]), config),
+                             *item[1:]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,222 @@
+"""Training: lesion-level train split, checkpoint selection by validation macro-F1, one test evaluation.
+
+Run folder (``runs/<name>/``):
+  config.yaml, versions.json       what made the run
+  checkpoints/, state.json         every epoch, for ``--resume``
+  history.csv, logs/ (TensorBoard) curves
+  <variant>_float.h5               the epoch with the best validation macro-F1
+  metrics.json, *.png              validation and test metrics of that model
+"""
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+import tf_keras as keras
+
+from qana_keras import CLASSES
+from qana_keras.config import Config, load_config
+from qana_keras.data.dataset import load_splits
+from qana_keras.data.pipeline import class_weights, make_dataset
+from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
+from qana_keras.metrics import bootstrap_intervals, classification_metrics, macro_f1
+from qana_keras.models.qana import build_model
+from qana_keras.plots import plot_confusion_matrix, plot_history, plot_per_class
+from qana_keras.provenance import versions
+
+
+def float_model_path(run_dir: Path, variant: str) -> Path:
+    return Path(run_dir) / f"{variant}_float.h5"
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy across several GPUs when there are any, else the default (one device)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and ask TensorFlow for deterministic kernels.
+
+    Dropout draws from a ``tf.random.Generator`` whose state is a variable saved in the checkpoint,
+    so a resumed run continues the same random stream. What TensorFlow still leaves open on CPU:
+    results can differ across machines, thread counts and TensorFlow builds (reductions may be
+    vectorised differently), so bit-exact equality holds on one machine and software stack.
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    keras.backend.experimental.enable_tf_random_generator()
+
+
+def dropout_generators(model) -> dict:
+    """The ``tf.random.Generator`` of every random layer (Dropout), created now so it can be checkpointed.
+
+    tf_keras creates them lazily and does not track them in the model's checkpoint, so without this
+    a resumed run would draw different dropout masks from an uninterrupted one.
+    """
+    generators = {}
+    for layer in model.layers:
+        rng = getattr(layer, "_random_generator", None)
+        if rng is None:
+            continue
+        rng._maybe_init()
+        if getattr(rng, "_generator", None) is not None:
+            generators[layer.name.replace("/", "_")] = rng._generator
+    return generators
+
+
+def build_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """AdamW with linear warm-up and cosine decay to zero over the whole run."""
+    t = config.train
+    total = max(1, t.epochs * steps_per_epoch)
+    warmup = min(total - 1, t.warmup_epochs * steps_per_epoch)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else t.learning_rate, decay_steps=total - warmup,
+        warmup_target=t.learning_rate if warmup else None, warmup_steps=warmup)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay)
+    # Decay only conv/dense kernels: BN scales and biases set operating points, not capacity.
+    optimizer.exclude_from_weight_decay(var_names=["BN", "bias"])
+    return optimizer
+
+
+def predict_logits(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return model.predict(images, batch_size=batch_size, verbose=0)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    started = (run_dir / "config.yaml").exists()
+    if resume:
+        if not started:
+            raise RunFolderError(f"{run_dir}: nothing to resume (no config.yaml); start it with `qana train --run {run_dir}`")
+        return
+    if started or (run_dir.exists() and any(run_dir.iterdir())):
+        if not overwrite:
+            raise RunFolderError(f"{run_dir} already holds a run; continue it with `qana train --resume {run_dir}`, "
+                                 "pick another --run, or pass --overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def train(run_dir: str | Path, config: Config | None = None, resume: bool = False, overwrite: bool = False,
+          stop_after: int | None = None, log=print) -> dict | None:
+    """Train (or resume) the run in ``run_dir``; returns the metrics dictionary written to metrics.json.
+
+    ``stop_after`` ends this session after that many epochs in all (checkpointed, returns None), so a
+    long run can be trained in chunks with ``--resume``; it has no effect on the result.
+    """
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, resume, overwrite)
+    if resume:
+        config = load_config(run_dir / "config.yaml")
+    else:
+        config = config or Config()
+        config.save(run_dir / "config.yaml")
+        write_json(run_dir / "versions.json", versions())
+    t = config.train
+    make_deterministic(t.seed)
+
+    data = load_splits(config.data, max_images=t.max_images, seed=t.seed, log=log)
+    train_data, val_data = data["train"], data["val"]
+    log("images per split: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
+    weights = class_weights(train_data.labels, len(CLASSES), t.class_weighting)
+    log("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(CLASSES, weights)))
+    steps_per_epoch = int(np.ceil(len(train_data) / t.batch_size))
+
+    strategy = distribution_strategy()
+    with strategy.scope():
+        model = build_model(config.model, input_size=config.data.image_size)
+        optimizer = build_optimizer(config, steps_per_epoch)
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=t.label_smoothing))
+        rngs = dropout_generators(model)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **rngs)
+    manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
+
+    state = {"epochs_done": 0, "best_val_macro_f1": -1.0, "best_epoch": None, "history": []}
+    if resume and manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        done = int(manager.latest_checkpoint.rsplit("-", 1)[1])
+        # A kill can fall between a checkpoint and state.json: trust the checkpoint, and recompute the
+        # best epoch from the history up to it (later epochs are redone identically).
+        history = read_json(run_dir / "state.json")["history"][:done]
+        best = max(history, key=lambda h: h["val_macro_f1"])
+        state = {"epochs_done": done, "best_val_macro_f1": best["val_macro_f1"], "best_epoch": best["epoch"],
+                 "history": history}
+        log(f"resuming {run_dir} after epoch {done} (best val macro-F1 {state['best_val_macro_f1']:.4f})")
+
+    best_path = float_model_path(run_dir, config.model.variant)
+    tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False)
+    verbose = 1 if sys.stdout.isatty() else 0  # a progress bar on a terminal, one line per epoch in logs
+    last_epoch = t.epochs if stop_after is None else min(t.epochs, stop_after)
+    for epoch in range(state["epochs_done"], last_epoch):
+        start = time.perf_counter()
+        sample_weights = weights[train_data.labels]
+        ds = make_dataset(train_data.images, train_data.labels, len(CLASSES), t.batch_size, t, training=True,
+                          epoch=epoch, sample_weights=sample_weights)
+        fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[tensorboard])
+        val_logits = predict_logits(model, val_data.images)
+        val_pred = val_logits.argmax(1)
+        row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
+               "val_top1": float(np.mean(val_pred == val_data.labels)),
+               "val_macro_f1": macro_f1(val_data.labels, val_pred),
+               "learning_rate": float(optimizer.learning_rate),
+               "seconds": round(time.perf_counter() - start, 1)}
+        improved = row["val_macro_f1"] > state["best_val_macro_f1"]
+        if improved:
+            with atomic_path(best_path) as tmp:
+                model.save(tmp, include_optimizer=False, save_format="h5")
+            state["best_val_macro_f1"], state["best_epoch"] = row["val_macro_f1"], epoch + 1
+        state["history"].append(row)
+        state["epochs_done"] = epoch + 1
+        manager.save(checkpoint_number=epoch + 1)
+        write_json(run_dir / "state.json", state)
+        _write_history(run_dir, state["history"])
+        log(f"epoch {epoch + 1}/{t.epochs}  loss {row['loss']:.4f}  val top-1 {row['val_top1']:.4f}  "
+            f"val macro-F1 {row['val_macro_f1']:.4f}{'  *best*' if improved else ''}  {row['seconds']:.0f}s")
+
+    if state["epochs_done"] < t.epochs:
+        log(f"stopped after epoch {state['epochs_done']} of {t.epochs}; continue with `qana train --resume {run_dir}`")
+        return None
+    metrics = evaluate_run(run_dir, config, data, state, log=log)
+    plot_history(state["history"], run_dir / "training_curves.png")
+    return metrics
+
+
+def evaluate_run(run_dir: Path, config: Config, data, state: dict, log=print) -> dict:
+    """Evaluate the selected float model once on validation and test; write metrics.json and plots."""
+    model = keras.models.load_model(float_model_path(run_dir, config.model.variant), compile=False)
+    out = {"variant": config.model.variant, "selected_epoch": state["best_epoch"],
+           "selection": "best validation macro-F1", "parameters": int(model.count_params()),
+           "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}
+    for split in ("val", "test"):
+        split_data = data[split]
+        logits = predict_logits(model, split_data.images)
+        metrics = classification_metrics(split_data.labels, logits)
+        metrics["bootstrap_95"] = bootstrap_intervals(split_data.labels, logits.argmax(1),
+                                                      split_data.frame["lesion_id"].to_numpy(), n_boot=1000,
+                                                      seed=config.train.seed)
+        out[split] = metrics
+        plot_confusion_matrix(metrics, run_dir / f"confusion_{split}.png", title=f"{config.model.variant} {split}")
+        plot_per_class(metrics, run_dir / f"per_class_{split}.png", title=f"{config.model.variant} {split}")
+        log(f"{split}: top-1 {metrics['top1']:.4f}  balanced acc {metrics['balanced_accuracy']:.4f}  "
+            f"macro-F1 {metrics['macro_f1']:.4f}  macro AUC {metrics['macro_auc']:.4f}")
+    write_json(run_dir / "metrics.json", out)
+    return out

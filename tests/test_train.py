@@ -1,0 +1,88 @@
+"""Training on a synthetic HAM10000 fixture: artifacts, selection, refusal to overwrite, exact resume."""
+import csv
+
+import numpy as np
+import pytest
+from fixtures import write_ham10000_fixture
+
+from qana_keras.config import Config
+from qana_keras.data import ham10000, splits
+from qana_keras.io import RunFolderError, read_json
+
+
+def tiny_config(tmp_path, epochs=2) -> Config:
+    data_dir = write_ham10000_fixture(tmp_path / "ham", n_lesions_per_class=6, images_per_lesion=(1, 2), size=(48, 36))
+    split_file = tmp_path / "split.csv"
+    splits.write_split(splits.make_lesion_split(ham10000.load_metadata(data_dir), seed=1), split_file)
+    config = Config()
+    config.data.data_dir, config.data.split_file = str(data_dir), str(split_file)
+    config.data.cache_dir, config.data.image_size = str(tmp_path / "cache"), 16
+    config.model.widths, config.model.stem_filters, config.model.head_channels = (8, 16), 8, 8
+    config.model.sa_eca_stages, config.model.se_ratio = (2,), 4
+    config.train.epochs, config.train.batch_size, config.train.warmup_epochs = epochs, 8, 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from qana_keras.train import train
+
+    tmp = tmp_path_factory.mktemp("train")
+    config = tiny_config(tmp, epochs=3)
+    metrics = train(tmp / "run", config, log=lambda *_: None)
+    return tmp, config, metrics
+
+
+def test_run_folder_holds_every_artifact(trained):
+    tmp, config, metrics = trained
+    run = tmp / "run"
+    for name in ("config.yaml", "versions.json", "state.json", "history.csv", "qana_float.h5", "metrics.json",
+                 "confusion_test.png", "per_class_val.png", "training_curves.png"):
+        assert (run / name).exists(), name
+    assert any((run / "logs").rglob("events.out.tfevents*"))
+    saved = read_json(run / "metrics.json")
+    assert saved["selection"] == "best validation macro-F1"
+    assert set(saved["test"]) >= {"top1", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix",
+                                  "bootstrap_95", "macro_auc"}
+    assert read_json(run / "versions.json")["packages"]["quantizeml"] == "1.2.5"
+
+
+def test_selected_epoch_is_the_best_validation_macro_f1(trained):
+    tmp, config, metrics = trained
+    with open(tmp / "run" / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    best = max(rows, key=lambda r: float(r["val_macro_f1"]))  # first maximum wins, as in training
+    assert metrics["selected_epoch"] == int(best["epoch"])
+    assert metrics["val"]["macro_f1"] == pytest.approx(float(best["val_macro_f1"]))
+
+
+def test_existing_run_is_not_overwritten(trained):
+    from qana_keras.train import train
+
+    tmp, config, _ = trained
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(tmp / "run", config, log=lambda *_: None)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    """Stop after epoch 1 (as a kill would), resume, and compare with a straight 2-epoch run."""
+    from qana_keras.train import train
+
+    config = tiny_config(tmp_path, epochs=2)
+    straight = train(tmp_path / "straight", config, log=lambda *_: None)
+
+    assert train(tmp_path / "killed", config, stop_after=1, log=lambda *_: None) is None
+    resumed = train(tmp_path / "killed", resume=True, log=lambda *_: None)
+
+    a = read_json(tmp_path / "straight" / "state.json")["history"]
+    b = read_json(tmp_path / "killed" / "state.json")["history"]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert straight["test"]["confusion_matrix"] == resumed["test"]["confusion_matrix"]
+
+
+def test_resume_without_a_run_is_refused(tmp_path):
+    from qana_keras.train import train
+
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        train(tmp_path / "none", resume=True, log=lambda *_: None)
