@@ -1,0 +1,48 @@
+"""The `qana` command line: exit statuses and messages a user sees."""
+import subprocess
+import sys
+
+from fixtures import write_ham10000_fixture
+
+from qana_keras.cli import main
+from qana_keras.config import REPO_ROOT
+
+
+def test_validate_good_and_bad(tmp_path, capsys):
+    root = write_ham10000_fixture(tmp_path / "ham", n_lesions_per_class=3)
+    assert main(["data", "validate", "--data", str(root)]) == 0
+    assert "error" not in capsys.readouterr().out.lower()
+    victim = sorted(root.rglob("*.jpg"))[0]
+    victim.unlink()
+    assert main(["data", "validate", "--data", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "1 error" in out and victim.stem in out and "put the file there or remove the row" in out
+
+
+def test_split_is_idempotent_and_refuses_to_replace(tmp_path, capsys):
+    root = write_ham10000_fixture(tmp_path / "ham", n_lesions_per_class=5)
+    out = tmp_path / "split.csv"
+    assert main(["data", "split", "--data", str(root), "--out", str(out)]) == 0
+    first = out.read_text()
+    assert main(["data", "split", "--data", str(root), "--out", str(out)]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert main(["data", "split", "--data", str(root), "--out", str(out), "--seed", "7"]) == 1
+    assert "pass --force" in capsys.readouterr().err
+    assert out.read_text() == first
+    assert main(["data", "split", "--data", str(root), "--out", str(out), "--seed", "7", "--force"]) == 0
+    assert out.read_text() != first
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    assert main(["data", "cache", "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "QANA_DATA_DIR" in err
+
+
+def test_console_script_lists_verbs():
+    qana = REPO_ROOT / ".venv" / "bin" / "qana"
+    cmd = [str(qana)] if qana.exists() else [sys.executable, "-m", "qana_keras.cli"]
+    result = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for verb in ("data", "train"):
+        assert verb in result.stdout
