@@ -14,7 +14,9 @@ TRAIN_FLAGS := --quick --overwrite
 RUN := runs/qana-quick
 endif
 
-.PHONY: help venv test test-slow data validate split cache train train-paper resume convert deploy-akida evaluate bench clean
+.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida evaluate bench clean
+
+all: train convert deploy-akida ## the main job: train, quantize + convert, run on Akida (RUN)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -39,7 +41,7 @@ data: $(STAMP) ## download HAM10000 into data/ham10000 (needs internet), then va
 	$(QANA) data download --dest data/ham10000
 	$(QANA) data validate --data data/ham10000
 
-validate: $(STAMP) ## check every metadata row and image of $$QANA_DATA_DIR
+validate: $(STAMP) ## check every metadata row and image of QANA_DATA_DIR
 	$(QANA) data validate
 
 split: $(STAMP) ## re-create the committed lesion-level split (unchanged if identical)
@@ -48,7 +50,7 @@ split: $(STAMP) ## re-create the committed lesion-level split (unchanged if iden
 cache: $(STAMP) ## decode and resize all images into cache/
 	$(QANA) data cache
 
-train: $(STAMP) ## train QANA into $$RUN (QUICK=1: a few-minute smoke run)
+train: $(STAMP) ## train QANA into RUN (QUICK=1: a few-minute smoke run)
 	$(QANA) train --config $(CONFIG) --run $(RUN) $(TRAIN_FLAGS)
 
 train-paper: $(STAMP) ## train the paper's gated QANA into runs/qana-paper
@@ -57,16 +59,16 @@ train-paper: $(STAMP) ## train the paper's gated QANA into runs/qana-paper
 resume: $(STAMP) ## continue a killed training run: make resume RUN=runs/qana
 	$(QANA) train --resume $(RUN)
 
-convert: $(STAMP) ## quantize (8-bit) and convert $$RUN to Akida
+convert: $(STAMP) ## quantize (8-bit) and convert RUN to Akida
 	$(QANA) convert --run $(RUN)
 
-deploy-akida: $(STAMP) ## map $$RUN on Akida devices and run the test split on Akida
+deploy-akida: $(STAMP) ## map RUN on Akida devices and run the test split on Akida
 	$(QANA) deploy --run $(RUN)
 
-evaluate: $(STAMP) ## evaluate $$RUN's Akida model on the test split
+evaluate: $(STAMP) ## evaluate RUN's Akida model on the test split
 	$(QANA) evaluate --model $(RUN)/qana.fbz --data $(QANA_DATA_DIR) --split test --json $(RUN)/evaluate_test.json
 
-bench: $(STAMP) ## CPU speed of float, quantized and Akida-simulator models of $$RUN
+bench: $(STAMP) ## CPU speed of float, quantized and Akida-simulator models of RUN
 	$(QANA) bench --run $(RUN)
 
 clean: ## remove caches (keeps runs/ and .venv)
