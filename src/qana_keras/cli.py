@@ -107,7 +107,8 @@ def cmd_convert(args) -> int:
 
     try:
         convert_run(args.run, bits=args.bits, num_calibration=args.calibration, batch_size=args.batch_size,
-                    qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr, overwrite=args.overwrite)
+                    qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
+                    qat_stop_when_met=args.qat_stop_when_met, overwrite=args.overwrite)
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -142,6 +143,21 @@ def cmd_bench(args) -> int:
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.bench_run(args.run, bits=args.bits, min_seconds=args.min_seconds)
+    return 0
+
+
+def cmd_head(args) -> int:
+    from qana_keras.head import HeadConfig, HeadError, head_run
+
+    config = HeadConfig(embedding=args.embedding, components=args.components, sampler=args.sampler,
+                        ratio=args.ratio, noise=args.noise, C=args.C, class_weight=args.class_weight,
+                        safe_anchors=not args.no_safe_anchors, k_neighbors=args.k_neighbors,
+                        safe_k=args.k_neighbors, calibration=args.calibration, seed=args.seed)
+    try:
+        head_run(args.run, config, overwrite=args.overwrite, n_boot=args.n_boot)
+    except HeadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -187,10 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, choices=(8, 4), default=8,
                    help="8: Akida 2.0 default; 4: 4-bit weights/activations, 8-bit first layer")
     p.add_argument("--calibration", type=int, default=1024, help="training images used for calibration")
-    p.add_argument("--batch-size", type=int, default=100, help="calibration batch size")
+    p.add_argument("--batch-size", type=int, default=32, help="calibration batch size")
     p.add_argument("--qat-epochs", type=int, default=3,
                    help="quantization-aware fine-tuning epochs if PTQ loses > 0.5 pt val top-1 (0 disables)")
-    p.add_argument("--qat-lr", type=float, default=1e-4, help="quantization-aware fine-tuning learning rate")
+    p.add_argument("--qat-lr", type=float, default=1e-5, help="quantization-aware fine-tuning learning rate")
+    p.add_argument("--qat-stop-when-met", action="store_true",
+                   help="stop fine-tuning at the first epoch meeting every fidelity target on validation (faster)")
     p.add_argument("--overwrite", action="store_true", help="replace existing conversion artifacts")
     p.set_defaults(func=cmd_convert)
 
@@ -219,6 +237,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, choices=(8, 4), default=8)
     p.add_argument("--min-seconds", type=float, default=3.0, help="minimum timing per model and batch size")
     p.set_defaults(func=cmd_bench)
+
+    from qana_keras.head import HeadConfig  # light: TensorFlow is imported only when a head is fitted
+
+    h = HeadConfig()
+    p = verbs.add_parser("head", help="refit the classifier head on PCA-whitened embeddings of the frozen backbone "
+                                      "with embedding-space SMOTE; writes head.npz/json and <variant>_head_float.h5")
+    p.add_argument("--run", required=True, help="run folder holding <variant>_float.h5 and config.yaml")
+    p.add_argument("--embedding", choices=("quantized", "float"), default=h.embedding,
+                   help="fit on the quantized backbone's embeddings (what the Akida dense layer reads) or the float "
+                        "model's")
+    p.add_argument("--components", type=int, default=h.components, help="PCA-whitened dimensions")
+    p.add_argument("--sampler", choices=("none", "smote", "borderline", "svm", "adasyn"), default=h.sampler,
+                   help="imbalanced-learn oversampler in the whitened space (none: no synthetic samples)")
+    p.add_argument("--ratio", type=float, default=h.ratio,
+                   help="oversample every smaller class up to this fraction of the majority count")
+    p.add_argument("--noise", type=float, default=h.noise,
+                   help="perturbation along each anchor's local principal directions, in local standard deviations")
+    p.add_argument("--C", type=float, default=h.C, help="inverse L2 strength of the logistic-regression head")
+    p.add_argument("--class-weight", choices=("none", "balanced"), default=h.class_weight)
+    p.add_argument("--no-safe-anchors", action="store_true", help="interpolate from every minority sample")
+    p.add_argument("--k-neighbors", type=int, default=h.k_neighbors,
+                   help="neighbours of the sampler, the safe-anchor rule and the local perturbation")
+    p.add_argument("--calibration", type=int, default=h.calibration,
+                   help="training images calibrating the quantization (as `qana convert`)")
+    p.add_argument("--seed", type=int, default=h.seed)
+    p.add_argument("--n-boot", type=int, default=1000, help="lesion bootstrap resamples of the metrics")
+    p.add_argument("--overwrite", action="store_true", help="replace existing head artifacts")
+    p.set_defaults(func=cmd_head)
     return parser
 
 

@@ -41,17 +41,17 @@ class ModelConfig:
     se: bool = True
     se_ratio: int = 16  # squeeze-and-excitation bottleneck
     head_channels: int = 128  # spike-transform width; 4x4x128 = 2048 = the hardware dense-layer limit
-    dropout: float = 0.2
+    dropout: float = 0.1
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 64
     learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 5e-5
     warmup_epochs: int = 2
-    label_smoothing: float = 0.05
+    label_smoothing: float = 0.0
     class_weighting: str = "sqrt"  # none | balanced | sqrt (square root of the balanced weights)
     balanced_sampling: bool = False
     augment_flips: bool = True

@@ -80,8 +80,8 @@ def _input_shape(model):
     return shape[1:] if len(shape) == 4 else shape
 
 
-def load_dataset(data: str | Path, fmt: str = "ham10000", split: str | None = None, split_file: str | Path | None = None,
-                 ground_truth: str | Path | None = None):
+def load_dataset(data: str | Path, fmt: str = "ham10000", split: str | None = None,
+                 split_file: str | Path | None = None, ground_truth: str | Path | None = None):
     """Metadata table (image_id, dx, path, ...) of the images to evaluate."""
     from qana_keras.data import ham10000, splits
 
@@ -121,7 +121,7 @@ def _isic_paths(data: Path, ground_truth) -> tuple[Path, Path]:
 def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham10000", split: str | None = None,
                    split_file: str | Path | None = None, ground_truth: str | Path | None = None,
                    cache_dir: str | Path | None = None, batch_size: int = 100, log=print) -> dict:
-    """Metrics of the model at ``model_path`` on the data set: top-1, balanced accuracy, macro-F1, per class, confusion."""
+    """Metrics of ``model_path`` on the data: top-1, balanced accuracy, macro-F1, per class, confusion matrix."""
     from qana_keras import CLASSES
     from qana_keras.config import load_config
     from qana_keras.convert import predict_logits
