@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 KEEP = ("config.yaml", "versions.json", "metrics.json", "history.csv", "*_float.h5", "*_i8_w*_a*.h5", "*.fbz",
-        "conversion.json", "fidelity.json", "fidelity.md", "deploy.json", "bench.json", "*.png")
+        "conversion.json", "fidelity.json", "fidelity.md", "deploy.json", "bench.json", "head_ablation.json", "*.png")
 MAX_BYTES = 5_000_000  # anything larger does not belong in git
 
 
