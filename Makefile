@@ -7,14 +7,19 @@ QANA := $(VENV)/bin/qana
 STAMP := $(VENV)/.installed
 SHARED_DATA := $(abspath ../shared/data/ham10000)
 export QANA_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/HAM10000_metadata.csv),$(SHARED_DATA),$(CURDIR)/data/ham10000)
+SHARED_PAD := $(abspath ../shared/data/pad_ufes_20_partial)
+export QANA_PAD_UFES_DIR ?= $(if $(wildcard $(SHARED_PAD)/metadata.csv),$(SHARED_PAD),$(CURDIR)/data/pad_ufes_20)
+# `make report` rewrites the marked blocks of these files.
+REPORT_FLAGS ?= --model-card MODEL_CARD.md --readme README.md
 RUN ?= runs/qana
 CONFIG ?= configs/qana.yaml
+CROP_OUT ?= reports/crop/$(notdir $(RUN))
 ifeq ($(QUICK),1)
 TRAIN_FLAGS := --quick --overwrite
 RUN := runs/qana-quick
 endif
 
-.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida evaluate bench clean
+.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida evaluate bench report head head-ablation crop hardware-cost ablations clean
 
 all: train convert deploy-akida ## the main job: train, quantize + convert, run on Akida (RUN)
 
@@ -70,6 +75,47 @@ evaluate: $(STAMP) ## evaluate RUN's Akida model on the test split
 
 bench: $(STAMP) ## CPU speed of float, quantized and Akida-simulator models of RUN
 	$(QANA) bench --run $(RUN)
+
+report: $(STAMP) ## reports/ (Markdown + PNG) from models/*/ JSON and fresh evaluations; MODEL_CARD.md numbers
+	$(QANA) report $(REPORT_FLAGS)
+
+head: $(STAMP) ## refit RUN's head with embedding-space SMOTE; writes <variant>_head_float.h5 beside it
+	$(QANA) head --run $(RUN)
+
+head-ablation: $(STAMP) ## head ablation (as trained / refit / class weights / SMOTE +- safe anchors), float and Akida
+	$(VENV)/bin/python scripts/head_ablation.py $(RUN) --akida
+
+crop: $(STAMP) ## saliency crop + 2x2 tiling vs whole image and mask crop for RUN, with heat-map overlays (CROP_OUT)
+	$(QANA) crop --run $(RUN) --json $(CROP_OUT)/crop_eval.json --overlays $(CROP_OUT)
+
+ABLATIONS ?= qana qana-no-sa-eca qana-no-se qana-no-attention qana-32 qana-48 qana-96 akidanet-0.25 akidanet-0.5 plain-cnn
+ABLATION_EPOCHS ?= 60
+# e.g. ABLATION_FLAGS="--reference-run runs/qana-e60" pairs against an existing run instead of runs/ablations/qana
+ABLATION_FLAGS ?=
+
+hardware-cost: $(STAMP) ## params, MACs, NPs, one pass, program size of every ablation/baseline on Akida 2.0 (untrained)
+	$(VENV)/bin/python scripts/hardware_cost.py --json runs/ablations/hardware_cost.json --markdown runs/ablations/hardware_cost.md
+
+ablations: $(STAMP) ## train+convert+evaluate ABLATIONS into runs/ablations/<name>.json (one: make ablation-<name>)
+	$(VENV)/bin/python scripts/ablations.py $(ABLATIONS) --epochs $(ABLATION_EPOCHS) $(ABLATION_FLAGS)
+
+ablation-%: $(STAMP)
+	$(VENV)/bin/python scripts/ablations.py $* --epochs $(ABLATION_EPOCHS) $(ABLATION_FLAGS)
+
+# Quick mode (synthetic fixture, tiny model, 1 epoch; what CI runs) starts from an empty runs/nb-quick. FULL=1: the
+# real data (QANA_DATA_DIR) and the committed models/qana, outputs written back into notebooks/*.ipynb.
+.PHONY: notebooks
+notebooks: $(STAMP) ## execute notebooks/ in quick mode and fail on any failed assertion; FULL=1: real data, save outputs
+	$(if $(filter 1,$(FULL)),,rm -rf runs/nb-quick)
+	QANA_NOTEBOOK_QUICK=$(if $(filter 1,$(FULL)),0,1) $(VENV)/bin/python -m pytest -p no:cacheprovider --nbmake \
+	  $(if $(filter 1,$(FULL)),--overwrite --nbmake-timeout=7200,--nbmake-timeout=900) notebooks/
+
+.PHONY: calibrate learn
+calibrate: $(STAMP) ## decision offsets (val macro-F1) folded into RUN's head/dense + Akida; temperature, ECE, reliability PNG
+	$(QANA) calibrate --run $(RUN)
+
+learn: $(STAMP) ## refit RUN's Akida readout on Akida features: PAD-UFES-20 domain update, SCC as 8th class
+	$(QANA) learn --run $(RUN) --pad-ufes $(QANA_PAD_UFES_DIR)
 
 clean: ## remove caches (keeps runs/ and .venv)
 	rm -rf cache .pytest_cache

@@ -189,6 +189,7 @@ def test_convert_run_refuses_to_overwrite(qana_run):
     assert (run / "qana.fbz").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # the 8-bit path is covered by the default tests
 def test_four_bit_conversion_has_its_own_artifacts(qana_run):
     run, _, _ = qana_run
     report = convert_run(run, bits=4, num_calibration=32, batch_size=16, qat_epochs=0, **QUIET)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,9 +126,34 @@ def cmd_deploy(args) -> int:
 def cmd_evaluate(args) -> int:
     from qana_keras.evaluate import evaluate_to_json
 
-    evaluate_to_json(args.json, model_path=args.model, data=args.data, fmt=args.format, split=args.split,
-                     split_file=args.split_file, ground_truth=args.ground_truth, cache_dir=args.cache_dir)
-    print(f"wrote {args.json}")
+    evaluate_to_json(args.json, figures=not args.no_figures, model_path=args.model, data=args.data, fmt=args.format,
+                     split=args.split, split_file=args.split_file, ground_truth=args.ground_truth,
+                     cache_dir=args.cache_dir, group_by=args.group_by, lesion_groups=args.lesion_groups,
+                     n_boot=args.n_boot, min_units=args.min_units)
+    print(f"wrote {args.json}" + ("" if args.no_figures else " and its PNGs"))
+    return 0
+
+
+def cmd_ablation_row(args) -> int:
+    from qana_keras.report import ReportError, fill_ablation_row, fmt_ci
+
+    try:
+        row = fill_ablation_row(args.table, args.row, args.evaluation, args.reference, args.run, args.n_boot)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    r = row["result"]
+    print(f"{args.table}: row {args.row!r}: macro-F1 {fmt_ci(r['macro_f1']['value'], r['macro_f1'])}, "
+          f"MACs {r['macs']}, params {r['params']}, NPs {r['nps']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from qana_keras.report import build_report
+
+    build_report(models_dir=args.models, out_dir=args.out, data_dir=args.data, pad_ufes_dir=args.pad_ufes,
+                 cache_dir=args.cache_dir, evaluate=not args.no_evaluate, force=args.force,
+                 ablations=args.ablations, readme=args.readme, model_card=args.model_card, n_boot=args.n_boot)
     return 0
 
 
@@ -156,6 +182,64 @@ def cmd_head(args) -> int:
     try:
         head_run(args.run, config, overwrite=args.overwrite, n_boot=args.n_boot)
     except HeadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from qana_keras.calibrate import calibrate_run
+
+    calibrate_run(args.run, objective=args.objective, fit_on=args.fit_on, bits=args.bits,
+                  requantize=args.requantize, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_crop(args) -> int:
+    from qana_keras.config import load_config
+    from qana_keras.crop import crop_setup, evaluate_crops, format_report, split_table, write_overlays
+    from qana_keras.io import write_json
+
+    if not args.json and not args.overlays:
+        print("error: nothing to do: pass --json FILE (evaluation) and/or --overlays DIR (PNG overlays)",
+              file=sys.stderr)
+        return 2
+    model = args.model
+    if model is None:
+        if args.run is None:
+            print("error: pass --run RUN or --model PATH", file=sys.stderr)
+            return 2
+        model = str(Path(args.run) / f"{load_config(Path(args.run) / 'config.yaml').model.variant}_float.h5")
+    setup = crop_setup(model, args.saliency_model, args.saliency, args.baseline, args.threshold, args.margin,
+                       args.data, args.split_file, args.cache_dir, args.mask_dir)
+    trained_on = setup.pop("classifier_trained_on")
+    if args.json:
+        report = evaluate_crops(**setup, gradcam_layer=args.layer, overlap=args.overlap, n_boot=args.n_boot,
+                                max_images=args.max_images)
+        report["classifier_trained_on"] = trained_on
+        print(format_report(report, "test"))
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+    if args.overlays:
+        from qana_keras.crop import load_classifier
+        from qana_keras.saliency import load_saliency
+
+        classifier, size = load_classifier(setup["model_path"])
+        meta = split_table(setup["data_dir"], args.split, setup["split_file"])
+        write_overlays(args.overlays, meta, load_saliency(setup["saliency_path"], setup["method"], args.layer),
+                       setup["params"], setup["mask_dir"], size=size, classifier=classifier,
+                       per_class=args.per_class)
+    return 0
+
+
+def cmd_learn(args) -> int:
+    from qana_keras.learn import LearnConfig, LearnError, learn_run
+
+    config = LearnConfig(C=args.C, new_weight=args.new_weight, replay=not args.no_replay, seed=args.seed,
+                         verify_ham=args.verify_ham)
+    try:
+        learn_run(args.run, protocols=args.protocol, pad_root=args.pad_ufes, config=config, overwrite=args.overwrite)
+    except LearnError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -220,17 +304,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, choices=(8, 4), default=8)
     p.set_defaults(func=cmd_deploy)
 
-    p = verbs.add_parser("evaluate", help="evaluate a .h5 or .fbz model on a HAM10000 or ISIC 2018 folder")
+    from qana_keras.evaluate import FORMATS  # light: no TensorFlow until a model is loaded
+
+    p = verbs.add_parser("evaluate", help="evaluate a .h5 or .fbz model on a HAM10000, PAD-UFES-20 or ISIC 2018 "
+                                          "folder: metrics with lesion-bootstrap intervals, ROC, subgroups")
     p.add_argument("--model", required=True, help=".h5 (float or quantized Keras) or .fbz (Akida); its config.yaml "
                                                   "must be beside it")
-    p.add_argument("--data", required=True, help="HAM10000 root, or ISIC 2018 image folder (or its parent)")
-    p.add_argument("--format", choices=("ham10000", "isic2018"), default="ham10000")
+    p.add_argument("--data", required=True, help="HAM10000 root, PAD-UFES-20 root (metadata.csv + images/), or "
+                                                 "ISIC 2018 image folder (or its parent)")
+    p.add_argument("--format", choices=FORMATS, default="ham10000",
+                   help="pad-ufes-20: SCC has no HAM class; it is left out of the metrics, reported under 'excluded'")
     p.add_argument("--split", choices=("train", "val", "test"), help="HAM10000 only: one split of the split file")
     p.add_argument("--split-file", help="split CSV (default: the split_file of the model's config)")
     p.add_argument("--ground-truth", help="ISIC 2018 one-hot ground-truth CSV")
     p.add_argument("--cache-dir", help="decoded-image cache (default: the model config's cache_dir)")
-    p.add_argument("--json", required=True, help="metrics JSON to write")
+    p.add_argument("--json", required=True, help="metrics JSON to write; PNGs go beside it (<name>_confusion.png, "
+                                                 "_roc.png, _subgroups.png)")
+    p.add_argument("--group-by", help="metadata column the bootstrap resamples (default: lesion_id for HAM10000, "
+                                      "patient_id for PAD-UFES-20, image_id for ISIC 2018 without groupings)")
+    p.add_argument("--lesion-groups", help="ISIC 2018: CSV with columns image,lesion_id (default: a "
+                                           "*LesionGroupings*.csv beside the ground truth, if there is one)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--min-units", type=int, help="subgroups with fewer lesions (patients) are flagged too few to "
+                                                 "judge (default 50, see qana_keras.subgroups)")
+    p.add_argument("--no-figures", action="store_true", help="write the JSON only")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("report", help="reports/ (Markdown + PNG) from the committed models' JSON and fresh "
+                                        "evaluations; optionally rewrites the marked block of a README")
+    p.add_argument("--models", default=str(REPO_ROOT / "models"), help="folder of published model folders")
+    p.add_argument("--out", default=str(REPO_ROOT / "reports"), help="report folder")
+    p.add_argument("--data", help="HAM10000 root (default: $QANA_DATA_DIR, else each model's config)")
+    p.add_argument("--pad-ufes", help="PAD-UFES-20 root (default: $QANA_PAD_UFES_DIR; skipped when absent)")
+    p.add_argument("--cache-dir", help="decoded-image cache (default: $QANA_CACHE_DIR, else the model config's)")
+    p.add_argument("--no-evaluate", action="store_true", help="only the JSON already in models/ and reports/")
+    p.add_argument("--force", action="store_true", help="re-evaluate even when a cached evaluation matches")
+    p.add_argument("--ablations", nargs="*", help="ablation JSON files (default: models/ablations/*.json)")
+    p.add_argument("--readme", help="rewrite the block between <!-- report:start --> and <!-- report:end --> "
+                                    "of this Markdown file with the results table")
+    p.add_argument("--model-card", help="rewrite the report:* blocks of this model card (e.g. MODEL_CARD.md)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of fresh evaluations")
+    p.set_defaults(func=cmd_report)
+
+    p = verbs.add_parser("ablation-row", help="fill one row of an ablation table (models/ablations/*.json) from "
+                                              "`qana evaluate` JSON files; the report renders it")
+    p.add_argument("--table", required=True, help="ablation JSON (format: qana_keras.report.load_ablation)")
+    p.add_argument("--row", required=True, help="name of the row to fill")
+    p.add_argument("--evaluation", required=True, help="evaluate JSON of this row's model")
+    p.add_argument("--reference", help="evaluate JSON of the reference row's model, same images (paired bootstrap)")
+    p.add_argument("--run", help="run folder with metrics.json/conversion.json/deploy.json (MACs, params, NPs); "
+                                 "default: the evaluated model's folder")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.set_defaults(func=cmd_ablation_row)
 
     p = verbs.add_parser("bench", help="CPU images/s and ms/image of float, quantized and Akida-simulator models")
     p.add_argument("--run", required=True, help="run folder converted with `qana convert`")
@@ -265,6 +390,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="lesion bootstrap resamples of the metrics")
     p.add_argument("--overwrite", action="store_true", help="replace existing head artifacts")
     p.set_defaults(func=cmd_head)
+    p = verbs.add_parser("calibrate", help="per-class decision offsets fitted on validation, folded into head/dense "
+                                           "and converted for Akida; temperature scaling and ECE; "
+                                           "writes calibration.json/.md/.png")
+    p.add_argument("--run", required=True, help="run folder converted with `qana convert`")
+    p.add_argument("--objective", choices=("macro_f1", "balanced_accuracy"), default="macro_f1",
+                   help="what the offsets maximize on the validation split")
+    p.add_argument("--fit-on", choices=("akida", "float"), default="akida",
+                   help="fit the offsets on the deployed Akida model's validation logits or the float model's")
+    p.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    p.add_argument("--requantize", action="store_true",
+                   help="quantize the calibrated float model from scratch (post-training only) instead of adding "
+                        "the offsets to the run's quantized model")
+    p.add_argument("--overwrite", action="store_true", help="replace existing calibration artifacts")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = verbs.add_parser("crop", help="saliency-guided lesion crop + 2x2 tiling fallback: evaluate against the whole "
+                                      "image and the mask crop (--json), draw heat-map overlays (--overlays)")
+    p.add_argument("--run", help="run folder: its <variant>_float.h5 classifies (and, unless crop-trained, gives "
+                                 "the saliency map)")
+    p.add_argument("--model", help="classifier instead of the run's float model (.h5 or .fbz)")
+    p.add_argument("--saliency-model", help="whole-image model giving the map (.h5 or .fbz; default: data.crop_model "
+                                            "of a crop-trained classifier, else the classifier)")
+    p.add_argument("--saliency", choices=("head", "gradcam"), help="head: forward-only map from the last feature map "
+                                                                   "(works on .fbz); gradcam: float .h5 only")
+    p.add_argument("--layer", help="Grad-CAM layer (default: the last stageN/relu)")
+    p.add_argument("--baseline", help="whole-image model of the 'whole' row (default: see crop_setup)")
+    p.add_argument("--threshold", type=float, help="salient fraction of the map's range (default: config, 0.5)")
+    p.add_argument("--margin", type=float, help="box margin per side, fraction of the box (default: config, 0.15)")
+    p.add_argument("--overlap", type=float, default=0.25, help="overlap of the 2x2 fallback tiles")
+    p.add_argument("--data", help="HAM10000 root (default: the model config's data_dir)")
+    p.add_argument("--split-file", help="lesion-level split CSV (default: the model config's)")
+    p.add_argument("--cache-dir", help="image cache (default: $QANA_CACHE_DIR, else the model config's)")
+    p.add_argument("--mask-dir", help="official masks (default: <data>/HAM10000_segmentations_lesion_tschandl)")
+    p.add_argument("--max-images", type=int, default=0, help="class-stratified subset of each split (0 = all)")
+    p.add_argument("--n-boot", type=int, default=1000, help="lesion bootstrap resamples")
+    p.add_argument("--json", help="evaluation JSON to write (validation picks the fallback threshold, test reports)")
+    p.add_argument("--overlays", metavar="DIR", help="write crop_overlays_<class>.png (image + boxes, heat map, crop)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="split the overlays draw from")
+    p.add_argument("--per-class", type=int, default=3, help="overlay images per class")
+    p.set_defaults(func=cmd_crop)
+    p = verbs.add_parser("learn", help="update the Akida model's readout from Akida backbone features (host refit, "
+                                       "integer write-back): PAD-UFES-20 domain update, SCC as a new class")
+    p.add_argument("--run", required=True, help="run folder converted with `qana convert` (Akida 2.0, 8-bit)")
+    p.add_argument("--protocol", nargs="+", choices=("domain", "new-class", "class-incremental"),
+                   default=["domain", "new-class"], help="class-incremental needs a run trained without vasc and df")
+    p.add_argument("--pad-ufes", default=os.environ.get("QANA_PAD_UFES_DIR"),
+                   help="PAD-UFES-20 root (metadata.csv + images/; default $QANA_PAD_UFES_DIR)")
+    p.add_argument("--C", type=float, default=0.01, help="inverse L2 strength of the logistic-regression readout")
+    p.add_argument("--new-weight", type=float, default=4.0,
+                   help="loss weight of one new (PAD) image relative to one replayed HAM10000 feature vector")
+    p.add_argument("--no-replay", action="store_true", help="refit on the new data only (shows forgetting)")
+    p.add_argument("--verify-ham", type=int, default=300,
+                   help="HAM test images run end to end through the written Akida model (-1: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient-level PAD-UFES-20 split")
+    p.add_argument("--overwrite", action="store_true", help="replace existing learn artifacts")
+    p.set_defaults(func=cmd_learn)
     return parser
 
 

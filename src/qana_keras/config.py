@@ -29,6 +29,14 @@ class DataConfig:
     split_seed: int = 42
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Lesion crops (qana_keras.crop): none = whole frame; saliency = a square crop around the class-activation
+    # map of crop_model (a whole-image model, .h5 or .fbz); mask = around the official lesion mask (oracle).
+    crop: str = "none"
+    crop_model: str = ""
+    crop_saliency: str = "head"  # head: forward-only map (runs from the Akida feature map); gradcam: float .h5 only
+    crop_threshold: float = 0.5  # salient where the map is above this fraction of its range
+    crop_margin: float = 0.15  # added on each side of the salient box, as a fraction of its longer side
+    mask_dir: str = ""  # crop=mask: the official masks; "" = <data_dir>/HAM10000_segmentations_lesion_tschandl
 
 
 @dataclass
@@ -41,6 +49,9 @@ class ModelConfig:
     se: bool = True
     se_ratio: int = 16  # squeeze-and-excitation bottleneck
     head_channels: int = 128  # spike-transform width; 4x4x128 = 2048 = the hardware dense-layer limit
+    # If the head would read > 2048 values from a map larger than head_grid x head_grid (inputs over 64),
+    # the spike transform strides by 2 (96x96: 6x6x128 = 4608 -> 3x3x128 = 1152); see models.qana.head_stride.
+    head_grid: int = 4
     dropout: float = 0.1
 
 
@@ -86,7 +97,7 @@ def _coerce(value: str, current):
             return False
         raise ValueError(f"expected a boolean, got {value!r}")
     if isinstance(current, tuple):
-        return tuple(int(v) for v in value.split(","))
+        return tuple(int(v) for v in value.strip().strip("[]()").split(",") if v.strip())  # '' or '[]' -> ()
     if current is None:
         return value
     return type(current)(value)

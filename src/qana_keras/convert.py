@@ -38,7 +38,7 @@ import tf_keras as keras
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, atomic_path, read_json, write_json
 
-HARDWARE_NATIVE = frozenset({"qana"})
+HARDWARE_NATIVE = frozenset({"qana", "plain-cnn", "akidanet-0.25", "akidanet-0.5"})
 """Variants declared to run entirely on Akida: conversion fails loudly if any layer stays float."""
 
 # Fidelity targets of the integer model against the float one (issue 4). Post-training quantization

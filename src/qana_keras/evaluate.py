@@ -2,21 +2,31 @@
 
 Preprocessing is the one the model was trained with: the ``config.yaml`` beside the model gives the
 image size, and images go through the same decode/resize cache (``load_cached_images``) as training.
-Data layouts: HAM10000 (optionally one split of a split file) and ISIC 2018 Task 3 (image folder and
-one-hot ground-truth CSV).
+Data layouts: HAM10000 (optionally one split of a split file), PAD-UFES-20 (clinical photos; SCC has no
+HAM class, so its images are left out of the 7-class metrics and reported apart under ``excluded``) and
+ISIC 2018 Task 3 (image folder and one-hot ground-truth CSV; each image is its own lesion unless a
+lesion-groupings CSV says otherwise).
+
+Intervals resample whole groups (``GROUP_COLUMNS``): HAM10000 lesions, PAD-UFES-20 patients (some
+lesion_ids there belong to two patients, and a patient's lesions share skin and camera), ISIC images.
 """
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
+from qana_keras import CLASSES
 from qana_keras.io import read_json, write_json
 
-FORMATS = ("ham10000", "isic2018")
+FORMATS = ("ham10000", "pad-ufes-20", "isic2018")
+# Default resampling unit of the bootstrap per format; isic2018 uses lesion_id when groupings are given.
+GROUP_COLUMNS = {"ham10000": "lesion_id", "pad-ufes-20": "patient_id", "isic2018": "image_id"}
+N_BOOT = 1000
 
 
 def load_model_any(path: str | Path):
@@ -81,10 +91,19 @@ def _input_shape(model):
 
 
 def load_dataset(data: str | Path, fmt: str = "ham10000", split: str | None = None,
-                 split_file: str | Path | None = None, ground_truth: str | Path | None = None):
-    """Metadata table (image_id, dx, path, ...) of the images to evaluate."""
+                 split_file: str | Path | None = None, ground_truth: str | Path | None = None,
+                 lesion_groups: str | Path | None = None):
+    """Metadata table (image_id, dx, path, ...) of the images to evaluate.
+
+    PAD-UFES-20 rows keep their own columns; ``dx`` is the HAM class (None for SCC, see
+    ``pad_ufes.DIAGNOSTIC_TO_HAM``). ISIC 2018 rows get ``lesion_id`` from ``lesion_groups`` (a CSV with
+    columns image, lesion_id, like ISIC2018_Task3_Training_LesionGroupings.csv) when one is given or
+    found beside the ground truth.
+    """
     from qana_keras.data import ham10000, splits
 
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "ham10000":
         meta = ham10000.load_metadata(data)
         if split is None:
@@ -96,14 +115,47 @@ def load_dataset(data: str | Path, fmt: str = "ham10000", split: str | None = No
         table = splits.read_split(split_file, meta=meta)
         meta = meta.merge(table[["image_id", "split"]], on="image_id", validate="one_to_one")
         return meta[meta["split"] == split].reset_index(drop=True)
+    if split is not None:
+        raise ValueError(f"--split applies to the HAM10000 layout only; a {fmt} folder is evaluated whole")
+    if fmt == "pad-ufes-20":
+        from qana_keras.data import pad_ufes
+
+        meta = pad_ufes.load_metadata(data)
+        meta = meta.assign(image_id=meta["img_id"].map(lambda n: Path(n).stem), dx=meta["ham_dx"])
+        return meta
     if fmt == "isic2018":
         from qana_keras.data import isic2018
 
-        if split is not None:
-            raise ValueError("--split applies to the HAM10000 layout only; an ISIC 2018 folder is evaluated whole")
         images_dir, csv = _isic_paths(Path(data), ground_truth)
-        return isic2018.load_metadata(images_dir, csv)
+        meta = isic2018.load_metadata(images_dir, csv)
+        if lesion_groups is None:
+            found = sorted(csv.parent.glob("*LesionGroupings*.csv"))
+            lesion_groups = found[0] if len(found) == 1 else None
+        if lesion_groups is not None:
+            meta = _with_lesion_groups(meta, Path(lesion_groups))
+        return meta
     raise ValueError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _with_lesion_groups(meta, csv_path: Path):
+    """``meta`` with the lesion_id of each image from an ISIC lesion-groupings CSV (image, lesion_id)."""
+    import pandas as pd
+
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"lesion-groupings CSV {csv_path} not found")
+    table = pd.read_csv(csv_path, dtype=str)
+    missing = [c for c in ("image", "lesion_id") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}; expected image,lesion_id,...")
+    dupes = table[table["image"].duplicated()]["image"].tolist()
+    if dupes:
+        raise ValueError(f"{csv_path}: image(s) listed twice: {', '.join(dupes[:10])}; keep one row each")
+    lesion = dict(zip(table["image"], table["lesion_id"]))
+    absent = [i for i in meta["image_id"] if not isinstance(lesion.get(i), str)]
+    if absent:
+        raise ValueError(f"{csv_path}: no lesion_id for {len(absent)} image(s) of the ground truth, e.g. "
+                         f"{', '.join(absent[:5])}; add their rows")
+    return meta.assign(lesion_id=meta["image_id"].map(lesion))
 
 
 def _isic_paths(data: Path, ground_truth) -> tuple[Path, Path]:
@@ -120,13 +172,14 @@ def _isic_paths(data: Path, ground_truth) -> tuple[Path, Path]:
 
 def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham10000", split: str | None = None,
                    split_file: str | Path | None = None, ground_truth: str | Path | None = None,
-                   cache_dir: str | Path | None = None, batch_size: int = 100, log=print) -> dict:
-    """Metrics of ``model_path`` on the data: top-1, balanced accuracy, macro-F1, per class, confusion matrix."""
-    from qana_keras import CLASSES
+                   cache_dir: str | Path | None = None, batch_size: int = 100, group_by: str | None = None,
+                   lesion_groups: str | Path | None = None, n_boot: int = N_BOOT, seed: int = 0,
+                   min_units: int | None = None, log=print) -> dict:
+    """Metrics of ``model_path`` on the data: top-1, balanced accuracy, macro-F1 (95% group-bootstrap
+    intervals), per class (recall and AUC with intervals), ROC curves, confusion matrix, subgroups."""
     from qana_keras.config import load_config
     from qana_keras.convert import predict_logits
     from qana_keras.data.cache import load_cached_images
-    from qana_keras.metrics import classification_metrics
 
     began = time.perf_counter()
     model_path = Path(model_path)
@@ -135,25 +188,125 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     config = load_config(model_path.parent / "config.yaml")
     if split is not None and split_file is None and fmt == "ham10000":
         split_file = config.data.split_file
-    meta = load_dataset(data, fmt, split, split_file, ground_truth)
+    meta = load_dataset(data, fmt, split, split_file, ground_truth, lesion_groups)
     if meta.empty:
         raise ValueError(f"{data}: no images to evaluate" + (f" in split {split!r}" if split else ""))
-    images = load_cached_images(meta["path"].tolist(), size, cache_dir or config.data.cache_dir, name=fmt, log=log)
-    labels = meta["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
+    images = load_cached_images(meta["path"].tolist(), size, cache_dir or config.data.cache_dir,
+                                name=fmt.replace("-", "_"), log=log)
     logits = predict_logits(model, images, batch_size)
     if logits.shape[1] != len(CLASSES):
         raise ValueError(f"{model_path} outputs {logits.shape[1]} values per image, not the {len(CLASSES)} classes")
-    metrics = classification_metrics(labels, logits)
+    metrics = evaluation_metrics(meta, logits, fmt, group_by=group_by, n_boot=n_boot, seed=seed,
+                                 min_units=min_units)
     out = {"model": str(model_path), "model_type": type(model).__name__, "data": str(data), "format": fmt,
            "split": split, "image_size": size, **metrics,
            "seconds": round(time.perf_counter() - began, 1)}
-    log(f"{model_path.name} on {fmt}{' ' + split if split else ''} ({metrics['n_images']} images): "
-        f"top-1 {metrics['top1']:.4f}  balanced acc {metrics['balanced_accuracy']:.4f}  "
-        f"macro-F1 {metrics['macro_f1']:.4f}")
+    ci = metrics["bootstrap_95"]
+    log(f"{model_path.name} on {fmt}{' ' + split if split else ''} ({metrics['n_images']} images, "
+        f"{ci['n_units']} {metrics['groups']['column']}): "
+        + "  ".join(f"{name} {metrics[key]:.4f} [{ci[key]['low']:.4f}, {ci[key]['high']:.4f}]"
+                    for key, name in (("top1", "top-1"), ("balanced_accuracy", "balanced acc"),
+                                      ("macro_f1", "macro-F1"))))
     return out
 
 
-def evaluate_to_json(out_path: str | Path, **kwargs) -> dict:
+def evaluation_metrics(meta, logits: np.ndarray, fmt: str = "ham10000", group_by: str | None = None,
+                       n_boot: int = N_BOOT, seed: int = 0, min_units: int | None = None) -> dict:
+    """Everything ``evaluate_model`` reports, from the metadata rows and the model's logits (no TensorFlow).
+
+    Rows whose ``dx`` is None (PAD-UFES-20 SCC) are left out of the metrics and summarised under
+    ``excluded`` (what the model predicted for them). Macro-F1 averages the classes present in the
+    labels (``macro_over``); on the HAM10000 splits that is all seven.
+    """
+    from qana_keras.metrics import (auc_bootstrap, classification_metrics, confusion_bootstrap,
+                                    metrics_from_confusion, roc_curves, softmax)
+    from qana_keras.subgroups import MIN_UNITS, attributes_for, subgroup_report
+
+    column = group_by or GROUP_COLUMNS[fmt]
+    if fmt == "isic2018" and group_by is None and "lesion_id" in meta.columns:
+        column = "lesion_id"
+    if column not in meta.columns:
+        raise ValueError(f"cannot resample by {column!r}: the {fmt} metadata has columns {', '.join(meta.columns)}")
+    if len(meta) != len(logits):
+        raise ValueError(f"{len(meta)} metadata rows but {len(logits)} predictions")
+    meta = meta.reset_index(drop=True)
+    known = meta["dx"].notna().to_numpy()
+    bad = sorted(set(meta.loc[known, "dx"]) - set(CLASSES))
+    if bad:
+        raise ValueError(f"labels {bad} are not HAM10000 classes ({', '.join(CLASSES)})")
+    excluded = _excluded_summary(meta[~known], logits[~known], fmt)
+    meta, logits = meta[known].reset_index(drop=True), logits[known]
+    if meta.empty:
+        raise ValueError("no image has a HAM10000 class to score")
+    labels = meta["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
+    predictions = logits.argmax(axis=1)
+    groups = meta[column].astype(str).to_numpy()
+    probabilities = softmax(logits.astype(np.float64))
+
+    with warnings.catch_warnings():  # absent classes (PAD-UFES-20: df, vasc) are expected; see macro_over
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        metrics = classification_metrics(labels, logits)
+    present = sorted(set(labels.tolist()))
+    # Macro-F1 over the classes present (the same number when all seven are, as in HAM10000 splits).
+    metrics["macro_f1"] = float(metrics_from_confusion(np.asarray(metrics["confusion_matrix"]), present)["macro_f1"])
+    metrics["macro_over"] = [CLASSES[c] for c in present]
+    boot = confusion_bootstrap(labels, predictions, groups, present, n_boot=n_boot, seed=seed)
+    auc = auc_bootstrap(labels, probabilities, groups, n_boot=n_boot, seed=seed)
+    for name in CLASSES:
+        metrics["per_class"][name]["recall_95"] = boot["recall"][name]
+        metrics["per_class"][name]["auc_95"] = auc["per_class"][name]
+    metrics["bootstrap_95"] = {**{k: boot[k] for k in ("top1", "balanced_accuracy", "macro_f1")},
+                               "macro_auc": auc["macro_auc"], "n_boot": n_boot, "seed": seed,
+                               "unit": column, "n_units": boot["n_units"]}
+    metrics["groups"] = {"column": column, "n": boot["n_units"]}
+    metrics["roc_curves"] = roc_curves(labels, probabilities)
+    metrics["subgroups"] = subgroup_report(meta, labels, predictions, groups, attributes_for(fmt),
+                                           min_units=min_units or MIN_UNITS, n_boot=n_boot, seed=seed, unit=column)
+    metrics["excluded"] = excluded
+    metrics["predictions"] = {"image_id": meta["image_id"].astype(str).tolist(), "group": groups.tolist(),
+                              "label": labels.tolist(), "predicted": predictions.tolist()}
+    return metrics
+
+
+def _excluded_summary(meta, logits: np.ndarray, fmt: str) -> dict:
+    """Images without a HAM class (PAD-UFES-20 SCC): how many, and what the model called them."""
+    if meta.empty:
+        return {"n_images": 0}
+    source = "diagnostic" if "diagnostic" in meta.columns else "dx"
+    out = {"n_images": int(len(meta)),
+           "reason": "no HAM10000 class (PAD-UFES-20 SCC, invasive squamous cell carcinoma: see "
+                     "pad_ufes.DIAGNOSTIC_TO_HAM); left out of every metric above",
+           "by_label": {}}
+    predicted = logits.argmax(axis=1)
+    for label in sorted(meta[source].astype(str).unique()):
+        mask = (meta[source].astype(str) == label).to_numpy()
+        counts = np.bincount(predicted[mask], minlength=len(CLASSES))
+        out["by_label"][label] = {"n_images": int(mask.sum()),
+                                  "predicted": {c: int(n) for c, n in zip(CLASSES, counts)}}
+    return out
+
+
+def write_figures(result: dict, stem: str | Path, title: str = "") -> list[Path]:
+    """``<stem>_confusion.png``, ``<stem>_roc.png`` and (with subgroups) ``<stem>_subgroups.png``."""
+    from qana_keras.plots import plot_confusion_matrix, plot_roc_curves, plot_subgroups
+
+    stem = Path(stem)
+    paths = [stem.parent / f"{stem.name}_confusion.png", stem.parent / f"{stem.name}_roc.png"]
+    plot_confusion_matrix(result, paths[0], title=title)
+    plot_roc_curves(result, paths[1], title=title)
+    if any(result.get("subgroups", {}).get("attributes", {}).values()):
+        paths.append(stem.parent / f"{stem.name}_subgroups.png")
+        plot_subgroups(result, paths[2], title=title)
+    return paths
+
+
+def evaluate_to_json(out_path: str | Path, figures: bool = True, **kwargs) -> dict:
+    """Evaluate, write the JSON and (``figures``) the PNGs beside it, named after the JSON."""
     result = evaluate_model(**kwargs)
     write_json(out_path, result)
+    if figures:
+        out_path = Path(out_path)
+        title = f"{Path(result['model']).name} on {result['format']}"
+        title += f" {result['split']}" if result["split"] else ""
+        write_figures(result, out_path.with_suffix(""), title=title)
     return result

@@ -65,3 +65,103 @@ def plot_history(history: list[dict], path: str | Path) -> None:
     b.set_xlabel("epoch")
     b.legend()
     _save(fig, path)
+
+
+def plot_roc_curves(metrics: dict, path: str | Path, title: str = "") -> None:
+    """One-vs-rest ROC curve of each class (from ``metrics["roc_curves"]``), AUC in the legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, curve in metrics["roc_curves"].items():
+        auc = metrics["per_class"][name].get("auc")
+        support = metrics["per_class"][name]["support"]
+        ax.plot(curve["fpr"], curve["tpr"], lw=1.3, label=f"{name} (AUC {auc:.3f}, n={support})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate (recall)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title or "ROC, one class vs rest")
+    _save(fig, path)
+
+
+def plot_subgroups(metrics: dict, path: str | Path, title: str = "", keys=("top1", "balanced_accuracy")) -> None:
+    """Forest plot: each subgroup's metrics with 95% intervals; grey rows have too few lesions to judge."""
+    sub = metrics["subgroups"]
+    rows = [(attribute, row) for attribute, group_rows in sub["attributes"].items() for row in group_rows]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 0.28 * len(rows) + 1.2), sharey=True,
+                             squeeze=False)
+    y = np.arange(len(rows))[::-1]
+    labels = [f"{a}: {r['value']} (n={r['n_images']}, {r['n_units']} {sub['unit']})" for a, r in rows]
+    for ax, key in zip(axes[0], keys):
+        for yi, (_, row) in zip(y, rows):
+            ci = row["bootstrap_95"][key]
+            color = "lightgrey" if row["too_few"] else "tab:blue"
+            if ci["low"] is not None:
+                ax.plot([ci["low"], ci["high"]], [yi, yi], color=color, lw=2)
+            ax.plot(row[key], yi, "o", color="grey" if row["too_few"] else "black", ms=3.5)
+        ax.axvline(metrics[key], color="tab:red", lw=0.8, ls="--")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(key.replace("_", " ") + " (red: all images)")
+    axes[0][0].set_yticks(y, labels, fontsize=7)
+    fig.suptitle(title + f"  (grey: fewer than {sub['min_units']} {sub['unit']}, too few to judge)", fontsize=9)
+    _save(fig, path)
+
+
+def plot_class_counts(counts: dict[str, dict[str, int]], path: str | Path, title: str = "", log_scale: bool = True) -> None:
+    """Grouped bars: one group per class, one bar per series (e.g. train/val/test, or real/synthetic)."""
+    series = list(counts)
+    classes = list(next(iter(counts.values())))
+    x = np.arange(len(classes))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for k, name in enumerate(series):
+        values = [counts[name].get(c, 0) for c in classes]
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width=width, label=name)
+        ax.bar_label(bars, fontsize=6)
+    ax.set_xticks(x, classes)
+    if log_scale:
+        ax.set_yscale("log")  # nv outnumbers df about 60 to 1: a linear axis hides the rare classes
+    ax.set_ylabel("images" + (" (log scale)" if log_scale else ""))
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_image_grid(images: np.ndarray, labels: list[str], path: str | Path, columns: int = 7, title: str = "") -> None:
+    """uint8 images in a grid, each titled with its label."""
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.55 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, labels):
+        ax.imshow(image)
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def plot_np_mapping(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """Neural processors used (by type) against those available on each device of a mapping report
+    (``deploy.virtual_device_report``); devices the model does not fit are marked."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = [row["device"] for row in rows]
+    y = np.arange(len(rows))[::-1]
+    types = sorted({t for row in rows if row.get("ok") for t in row["components"] if t not in ("HRC",)
+                    and not t.startswith("SKIP")})
+    left = np.zeros(len(rows))
+    for t in types:
+        used = np.array([row["components"].get(t, 0) if row.get("ok") else 0 for row in rows], float)
+        ax.barh(y, used, left=left, label=t, height=0.5)
+        left += used
+    for yi, row in zip(y, rows):
+        available = row.get("nps_available")
+        if available:
+            ax.plot([available, available], [yi - 0.35, yi + 0.35], color="black", lw=1.5)
+        text = (f"{row['nps']} NPs, {row['passes']} pass" if row.get("ok") else "does not map")
+        ax.text(max(left.max(), max(r.get("nps_available") or 0 for r in rows)) * 1.02, yi, text, va="center",
+                fontsize=8, color="black" if row.get("ok") else "tab:red")
+    ax.set_yticks(y, names)
+    ax.set_xlabel("neural processors used (bars) / available (black tick)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    _save(fig, path)

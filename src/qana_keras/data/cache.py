@@ -29,8 +29,12 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def cache_key(paths: list[str], size: int) -> str:
-    digest = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "size": size}).encode())
+def cache_key(paths: list[str], size: int, extra: dict | None = None) -> str:
+    """``extra``: further parameters the cached arrays depend on (e.g. a crop's saliency-model hash)."""
+    params = {"format": CACHE_FORMAT, "size": size}
+    if extra:
+        params["extra"] = extra  # absent for whole images, so their keys are unchanged
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"{os.path.basename(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

@@ -40,8 +40,13 @@ def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=prin
     meta = ham10000.load_metadata(config.data_dir)
     split = splits.read_split(config.split_file, meta=meta)
     meta = meta.merge(split[["image_id", "split"]], on="image_id", validate="one_to_one")
-    images = load_cached_images(meta["path"].tolist(), config.image_size, config.cache_dir,
-                                name="ham10000", log=log)
+    if getattr(config, "crop", "none") == "none":
+        images = load_cached_images(meta["path"].tolist(), config.image_size, config.cache_dir,
+                                    name="ham10000", log=log)
+    else:  # lesion crops, made the same way at inference (qana_keras.crop)
+        from qana_keras.crop import load_cached_crops
+
+        images = load_cached_crops(meta, config, name="ham10000", log=log)
     class_index = {name: i for i, name in enumerate(CLASSES)}
     out = {}
     for name in splits.SPLITS:

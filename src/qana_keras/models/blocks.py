@@ -22,9 +22,9 @@ def conv_bn_act(x, filters: int, name: str, kernel_size: int = 3, strides: int =
     return x
 
 
-def depthwise_bn_act(x, name: str, max_value: float | None = 6.0):
+def depthwise_bn_act(x, name: str, max_value: float | None = 6.0, strides: int = 1):
     """DepthwiseConv2D 3x3 -> BN -> bounded ReLU: one Akida depthwise layer."""
-    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}/dw")(x)
+    x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}/dw")(x)
     x = layers.BatchNormalization(name=f"{name}/BN")(x)
     if max_value is not None:
         x = layers.ReLU(max_value=max_value, name=f"{name}/relu")(x)
@@ -93,9 +93,12 @@ def qana_stage(x, filters: int, name: str, ghost_ratio: float, attention: str):
     return layers.MaxPool2D(2, padding="same", name=f"{name}/pool")(y)
 
 
-def spike_transform(x, filters: int, name: str = "spike"):
-    """Separable conv 3x3 (depthwise + pointwise, unfused for Akida 2.0) -> BN -> clip to [0, 1]."""
-    x = depthwise_bn_act(x, f"{name}/dw", max_value=None)
+def spike_transform(x, filters: int, name: str = "spike", strides: int = 1):
+    """Separable conv 3x3 (depthwise + pointwise, unfused for Akida 2.0) -> BN -> clip to [0, 1].
+
+    ``strides=2`` halves the map in the depthwise conv (how QANA fits inputs over 64x64 in the head).
+    """
+    x = depthwise_bn_act(x, f"{name}/dw", max_value=None, strides=strides)
     return conv_bn_act(x, filters, f"{name}/pw", kernel_size=1, max_value=1.0)
 
 
@@ -122,6 +125,12 @@ def se_gated(x, name: str, ratio: int = 16):
     s = layers.Conv2D(max(1, channels // ratio), 1, activation="relu", name=f"{name}/reduce")(s)
     s = layers.Conv2D(channels, 1, activation="sigmoid", name=f"{name}/expand")(s)
     return layers.Multiply(name=f"{name}/gate")([x, s])
+
+
+def plain_stage(x, filters: int, name: str):
+    """Conv 3x3 -> BN -> ReLU6 -> max-pool 2x2: one stage of the plain CNN baseline (one Akida layer)."""
+    x = conv_bn_act(x, filters, name)
+    return layers.MaxPool2D(2, padding="same", name=f"{name}/pool")(x)
 
 
 def classifier_head(x, num_classes: int, dropout: float, name: str = "head"):

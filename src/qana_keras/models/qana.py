@@ -7,7 +7,8 @@ has no Multiply or sigmoid and a hardware dense layer reads at most 2048 inputs:
     identity layer, and at 64x64 those of stage 1 alone push the model from 48 to 52 NPs, past the
     largest standard Akida 2.0 device (TwelveNodesIPv2, 48 NPs) in one hardware pass;
   * SE is additive: a 3x3 squeeze to C/16 and a 1x1 excite, added and clipped to [0, 1];
-  * the spike transform has 128 channels, so the head reads 4x4x128 = 2048 values.
+  * the spike transform has 128 channels, so the head reads 4x4x128 = 2048 values; over 64x64
+    inputs its depthwise conv gets stride 2 (``head_stride``: 96x96 reads 3x3x128 = 1152).
 ``qana-paper`` keeps the paper's multiplicative gates and its 4x4x256 = 4096-input head; only its
 prefix up to the first gate can run on Akida.
 """
@@ -58,15 +59,41 @@ def _backbone(config: ModelConfig, input_size: int, attention: str, attention_st
 def build_qana(config: ModelConfig, input_size: int = 64, num_classes: int = len(CLASSES)) -> keras.Model:
     """Hardware-native QANA: every layer quantizes to 8 bits and maps on Akida 2.0."""
     inputs, x = _backbone(config, input_size, "additive", config.sa_eca_stages)
-    x = blocks.spike_transform(x, config.head_channels)
+    x = blocks.spike_transform(x, config.head_channels, strides=head_stride(x.shape[1], config))
     if config.se:
         x = blocks.se_additive(x, "se", ratio=config.se_ratio)
-    flat_inputs = x.shape[1] * x.shape[2] * x.shape[3]
-    if flat_inputs > 2048:
-        raise ValueError(f"head reads {x.shape[1]}x{x.shape[2]}x{x.shape[3]} = {flat_inputs} values, over the 2048 "
-                         "inputs of an Akida hardware dense layer: lower model.head_channels or the input size")
+    check_head_inputs(x, config)
     outputs = blocks.classifier_head(x, num_classes, config.dropout)
     return keras.Model(inputs, outputs, name="qana")
+
+
+AKIDA_DENSE_INPUTS = 2048
+"""A hardware Akida 2.0 dense layer (FNP) reads at most this many values: 4x4x256 = 4096 does not map."""
+
+
+def head_stride(side: int, config: ModelConfig) -> int:
+    """Stride of the spike transform's depthwise conv for a ``side`` x ``side`` backbone output.
+
+    1 unless the head would read more than 2048 values *and* the map is larger than
+    ``model.head_grid`` (4: the 64x64 reference); then 2, which halves the map (96x96 input:
+    6x6x128 = 4608 -> 3x3x128 = 1152). A max-pool cannot do this on Akida: a pooled layer must feed a
+    convolution, not the SE Add or the dense head. Channels are never changed automatically, so
+    a too wide ``head_channels`` at 64x64 is still refused by ``check_head_inputs``.
+    """
+    if side * side * config.head_channels > AKIDA_DENSE_INPUTS and side > config.head_grid:
+        return 2
+    return 1
+
+
+def check_head_inputs(x, config: ModelConfig) -> None:
+    """Refuse a head whose Flatten -> Dense would read more values than one Akida hardware dense layer."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    if h * w * c > AKIDA_DENSE_INPUTS:
+        fit = AKIDA_DENSE_INPUTS // (h * w)
+        raise ValueError(f"head reads {h}x{w}x{c} = {h * w * c} values, over the {AKIDA_DENSE_INPUTS} inputs of an Akida "
+                         f"hardware dense layer: lower model.head_channels (at most {fit} on a {h}x{w} map) or "
+                         f"the input size (a map over model.head_grid={config.head_grid} is halved once by a stride-2 "
+                         "depthwise conv, never more)")
 
 
 @register("qana-paper")
@@ -77,3 +104,7 @@ def build_qana_paper(config: ModelConfig, input_size: int = 64, num_classes: int
     x = blocks.se_gated(x, "se", ratio=config.se_ratio)
     outputs = blocks.classifier_head(x, num_classes, config.dropout)
     return keras.Model(inputs, outputs, name="qana_paper")
+
+
+# Baselines register themselves into MODEL_BUILDERS on import (kept in their own file).
+from qana_keras.models import baselines  # noqa: E402,F401

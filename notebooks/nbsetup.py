@@ -1,0 +1,156 @@
+"""Where the notebooks read and write: quick mode (CI) or full mode (the real data and models/qana).
+
+Quick mode (``QANA_NOTEBOOK_QUICK=1``, or ``QUICK = True`` in a notebook's parameters cell): a synthetic
+HAM10000 fixture (tests/fixtures.py), a tiny-width QANA at 16x16 trained for one epoch, all under
+runs/nb-quick/. It checks that every step runs, not how good the model is.
+
+Full mode (the default): the real data (``QANA_DATA_DIR``), the committed split, and the committed
+reference model models/qana. Nothing expensive is retrained: each notebook works in its own fresh copy of
+models/qana (runs/nb-full/<notebook>/qana), so the committed files are never rewritten.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # fixtures.py: the synthetic HAM10000 writer shared with the tests
+
+import qana_keras  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from qana_keras.config import Config, DataConfig, ModelConfig, load_config  # noqa: E402
+
+REFERENCE = REPO / "models" / "qana"
+QUICK_ROOT = REPO / "runs" / "nb-quick"
+FULL_ROOT = REPO / "runs" / "nb-full"
+# Tiny widths as in the tests: the whole pipeline (quantize, convert, map) in seconds.
+TINY_MODEL = dict(widths=(8, 16), stem_filters=8, head_channels=8, sa_eca_stages=(2,), se_ratio=4)
+QUICK_SIZE = 16  # the tiny model's final map is then 4x4, as the head reads it (no pooling to the head grid)
+
+
+def quick_from_env(quick: bool | None = None) -> bool:
+    """``quick`` if given (a papermill parameter), else ``QANA_NOTEBOOK_QUICK=1``."""
+    if quick is not None:
+        return bool(quick)
+    return os.environ.get("QANA_NOTEBOOK_QUICK", "0").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass
+class Setup:
+    quick: bool
+    data: DataConfig  # where the images, the split file and the cache are
+    root: Path  # this mode's scratch folder (figures, run folders)
+    notebook: str = ""  # full mode: each notebook works in its own copy of models/qana (they may run at once)
+
+    @property
+    def mode(self) -> str:
+        return "quick (synthetic fixture, tiny model)" if self.quick else "full (real data, models/qana)"
+
+    def figure(self, name: str) -> Path:
+        (self.root / "figures").mkdir(parents=True, exist_ok=True)
+        return self.root / "figures" / name
+
+    @property
+    def run(self) -> Path:
+        """The run folder the notebooks read: the quick run (shared, in pipeline order), or this notebook's copy
+        of models/qana."""
+        return self.root / "run" if self.quick else self.root / (self.notebook or "notebook") / "qana"
+
+    def quick_config(self) -> Config:
+        """The quick run's config: tiny widths, one epoch, the fixture."""
+        config = Config(data=self.data, model=ModelConfig(**TINY_MODEL))
+        config.train.epochs, config.train.batch_size, config.train.warmup_epochs = 1, 16, 0
+        return config
+
+    def trained_run(self) -> Path:
+        """A run folder with a float model: trains the quick run if it is missing; copies models/qana in full mode."""
+        if self.quick:
+            if not (self.run / "metrics.json").exists():
+                from qana_keras.train import train
+
+                train(self.run, self.quick_config(), overwrite=True)
+            return self.run
+        return reference_copy(self.run, self.data)
+
+    def write_fixture_masks(self) -> None:
+        """Quick mode: lesion masks of the fixture's blobs in the official layout (test_crop's writer)."""
+        from qana_keras.crop import MASK_DIR
+
+        if self.quick and not (Path(self.data.data_dir) / MASK_DIR).is_dir():
+            from test_crop import write_masks
+
+            write_masks(Path(self.data.data_dir))
+
+    def pad_ufes_dir(self) -> Path:
+        """PAD-UFES-20: a synthetic copy in quick mode; else QANA_PAD_UFES_DIR or the shared copy beside the repository."""
+        if self.quick:
+            root = self.root / "pad_ufes_20"
+            if not (root / "metadata.csv").exists():
+                from fixtures import write_pad_ufes_fixture
+
+                write_pad_ufes_fixture(root)
+            return root
+        for candidate in (os.environ.get("QANA_PAD_UFES_DIR"), REPO.parent / "shared" / "data" / "pad_ufes_20_partial"):
+            if candidate and (Path(candidate) / "metadata.csv").is_file():
+                return Path(candidate)
+        raise FileNotFoundError("PAD-UFES-20 not found: set QANA_PAD_UFES_DIR (see data/README.md)")
+
+    def converted_run(self) -> Path:
+        """A run folder with quantized and Akida models (converts the quick run if needed)."""
+        run = self.trained_run()
+        if self.quick and not (run / "conversion.json").exists():
+            from qana_keras.convert import convert_run
+
+            convert_run(run, num_calibration=64, batch_size=16, qat_epochs=0, overwrite=True)
+        return run
+
+
+def reference_copy(dest: Path, data: DataConfig) -> Path:
+    """A fresh copy of models/qana in ``dest``, its config pointed at ``data``.
+
+    Fresh on every call, so artifacts a notebook writes (head.json, fidelity.json, ...) come from the
+    committed model of now, never from an earlier one. The committed config.yaml names the absolute paths of
+    the machine it was trained on; the copy reads this machine's data, split file and cache instead (model and
+    training settings unchanged).
+    """
+    if not (REFERENCE / "qana_float.h5").exists():
+        raise FileNotFoundError(f"{REFERENCE}/qana_float.h5 not found; the reference model is part of the "
+                                "repository (models/README.md)")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(REFERENCE, dest)
+    config = load_config(REFERENCE / "config.yaml")
+    size = config.data.image_size
+    config.data = DataConfig(**{**vars(data), "image_size": size})
+    config.save(dest / "config.yaml")
+    return dest
+
+
+def setup(quick: bool | None = None, notebook: str = "") -> Setup:
+    """The set-up of ``notebook`` for ``quick`` (None: from QANA_NOTEBOOK_QUICK). Quick mode writes the fixture once."""
+    quick = quick_from_env(quick)
+    if not quick:
+        from fixtures import real_data_dir
+
+        found = real_data_dir()  # QANA_DATA_DIR, else the shared copy beside the repository (as the Makefile)
+        data = DataConfig(data_dir=str(found)) if found and "QANA_DATA_DIR" not in os.environ else DataConfig()
+        if not (Path(data.data_dir) / "HAM10000_metadata.csv").is_file():
+            raise FileNotFoundError(f"full mode needs the real HAM10000 in {data.data_dir} (set QANA_DATA_DIR), "
+                                    "or run the notebook in quick mode: QANA_NOTEBOOK_QUICK=1")
+        FULL_ROOT.mkdir(parents=True, exist_ok=True)
+        return Setup(False, data, FULL_ROOT, notebook)
+    from fixtures import write_ham10000_fixture
+
+    from qana_keras.data import ham10000, splits
+
+    root = QUICK_ROOT
+    data_dir, split_file = root / "ham10000", root / "ham10000_lesion_split.csv"
+    if not (data_dir / "HAM10000_metadata.csv").exists():
+        write_ham10000_fixture(data_dir, n_lesions_per_class=6, images_per_lesion=(1, 2), size=(64, 48))
+    if not split_file.exists():
+        splits.write_split(splits.make_lesion_split(ham10000.load_metadata(data_dir), seed=42), split_file)
+    data = DataConfig(data_dir=str(data_dir), split_file=str(split_file), cache_dir=str(root / "cache"),
+                      image_size=QUICK_SIZE)
+    return Setup(True, data, root, notebook)

@@ -1,0 +1,309 @@
+"""`qana report`: marked blocks, ablation tables, the report from committed JSON, and a tiny model end to end."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures import REPO, write_ham10000_fixture, write_pad_ufes_fixture
+
+from qana_keras import CLASSES
+from qana_keras.evaluate import evaluation_metrics
+from qana_keras.io import read_json, write_json
+from qana_keras.report import (ReportError, ablation_result, build_report, fingerprint, fmt_ci, load_ablation,
+                               render_ablation, replace_block, rewrite_block)
+
+QUIET = dict(log=lambda *_: None)
+COMMITTED = REPO / "models" / "qana"
+
+
+# --------------------------------------------------------------------------------------------------
+# Marked blocks
+
+
+def test_replace_block_rewrites_only_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\nintro\n<!-- report:start -->\nold table\n<!-- report:end -->\nafter\n")
+    assert rewrite_block(readme, "| new | table |")
+    text = readme.read_text()
+    assert text == "# title\nintro\n<!-- report:start -->\n| new | table |\n<!-- report:end -->\nafter\n"
+    assert not rewrite_block(readme, "| new | table |")  # idempotent: unchanged the second time
+    card = ("a\n<!-- report:metrics:start -->\nx\n<!-- report:metrics:end -->\n"
+            "<!-- report:start -->\ny\n<!-- report:end -->")
+    assert replace_block(card, "M", "report:metrics") == card.replace("\nx\n", "\nM\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no markers at all\n", r"README.md: expected the marker <!-- report:start --> exactly once, found it 0 times"),
+    ("<!-- report:start -->\n<!-- report:start -->\n<!-- report:end -->\n", r"found it 2 times \(lines 1, 2\)"),
+    ("<!-- report:end -->\n<!-- report:start -->\n", r"<!-- report:end --> \(line 1\) comes before"),
+])
+def test_replace_block_refuses_bad_markers(tmp_path, text, message):
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    with pytest.raises(ReportError, match=message):
+        rewrite_block(readme, "table")
+    assert readme.read_text() == text  # untouched
+
+
+# --------------------------------------------------------------------------------------------------
+# Ablations
+
+
+def _evaluation(accuracy: float, seed: int = 0) -> dict:
+    """A real evaluate metrics dictionary of synthetic logits on 300 images of 150 lesions."""
+    rng = np.random.default_rng(42)
+    labels = rng.integers(0, 7, 300)
+    hits = np.random.default_rng(seed).random(300) < accuracy
+    logits = np.eye(7)[np.where(hits, labels, (labels + 1) % 7)] * 4
+    meta = pd.DataFrame({"image_id": [f"ISIC_{i}" for i in range(300)], "dx": [CLASSES[c] for c in labels],
+                         "lesion_id": [f"L{i // 2}" for i in range(300)]})
+    return {"model": "runs/x/qana.fbz", **evaluation_metrics(meta, logits, "ham10000", n_boot=200)}
+
+
+def test_planned_ablation_tables_render_not_run():
+    paths = sorted((REPO / "models" / "ablations").glob("*.json"))
+    assert paths, "models/ablations/*.json: the planned tables are missing"
+    for path in paths:
+        table = load_ablation(path)
+        markdown = render_ablation(table)
+        for row in table["rows"]:
+            assert row["name"] in markdown
+            if row["result"] is None:
+                line = next(li for li in markdown.splitlines() if li.startswith(f"| {row['name']}"))
+                assert line.count("not run") == 9
+
+
+def test_ablation_rows_from_evaluations_render_with_paired_differences(tmp_path):
+    reference, better = _evaluation(0.5), _evaluation(0.9, seed=1)
+    plan = load_ablation(REPO / "models" / "ablations" / "architecture.json")
+    plan["rows"][0]["result"] = ablation_result(reference, macs=110_487_552, params=403_383, nps=46)
+    plan["rows"][2]["result"] = ablation_result(better, reference, macs=90_000_000, params=300_000, nps=None)
+    path = tmp_path / "ablation.json"
+    write_json(path, plan)
+    markdown = render_ablation(load_ablation(path))
+    row = next(li for li in markdown.splitlines() if li.startswith("| no SA-ECA"))
+    diff = plan["rows"][2]["result"]["paired_vs_reference"]["macro_f1"]
+    assert diff["real"] and diff["low"] > 0
+    assert f"**{100 * diff['difference']:+.1f} [" in row  # bold: the interval excludes zero
+    assert fmt_ci(better["top1"], better["bootstrap_95"]["top1"]) in row
+    assert "| 90.0 | 300,000 | not measured |" in row
+    assert "110.5 | 403,383 | 46 |" in markdown
+    assert next(li for li in markdown.splitlines() if li.startswith("| no SE")).count("not run") == 9
+
+    other = copy.deepcopy(better)
+    other["predictions"]["image_id"] = other["predictions"]["image_id"][::-1]
+    with pytest.raises(ReportError, match="not evaluated on the same images"):
+        ablation_result(other, reference)
+
+
+def test_bad_ablation_tables_name_the_file_and_row(tmp_path):
+    plan = load_ablation(REPO / "models" / "ablations" / "architecture.json")
+    plan["rows"][1]["result"] = {"top1": {"value": 1.3, "low": 0.1, "high": 0.2}, "macs": -1}
+    plan["reference"] = "nobody"
+    path = tmp_path / "bad.json"
+    write_json(path, plan)
+    with pytest.raises(ReportError) as error:
+        load_ablation(path)
+    text = str(error.value)
+    assert str(path) in text and "reference 'nobody'" in text
+    assert "row 2 ('qana-paper (gated SA-ECA and SE)'): result.top1 must be" in text
+    assert "result.macs must be a non-negative integer" in text and "result.macro_f1" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# The report from the committed reference models (JSON only, no evaluation)
+
+
+def test_report_from_committed_json_without_evaluating(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(COMMITTED, models / "qana", ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- report:start -->\n<!-- report:end -->\n")
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("".join(f"<!-- report:{n}:start -->\n<!-- report:{n}:end -->\n"
+                            for n in ("metrics", "subgroups", "hardware")))
+    summary = build_report(models, tmp_path / "reports", evaluate=False, ablations=[], readme=readme,
+                           model_card=card, **QUIET)
+    assert summary["evaluations"] == [] and str(readme) in summary["changed"]
+    test = read_json(COMMITTED / "metrics.json")["test"]
+    block = readme.read_text()
+    assert fmt_ci(test["top1"], test["bootstrap_95"]["top1"]) in block  # 0.743 [0.716, 0.768]
+    assert fmt_ci(test["macro_f1"], test["bootstrap_95"]["macro_f1"]) in block
+    deploy = read_json(COMMITTED / "deploy.json")
+    twelve = next(d for d in deploy["virtual_devices"] if d["device"] == "TwelveNodesIPv2")
+    hardware = card.read_text()
+    assert f"{twelve['nps']} on TwelveNodesIPv2" in hardware
+    assert f"{read_json(COMMITTED / 'conversion.json')['akida']['macs']:,}" in hardware
+    assert "not measured (no board)" in hardware
+    report = (tmp_path / "reports" / "README.md").read_text()
+    assert "Integer-graph completeness r_succ 1.000" in report and "does not map" in report
+    assert (tmp_path / "reports" / "results_block.md").read_text().strip() in block
+
+
+# --------------------------------------------------------------------------------------------------
+# A tiny real model, evaluated on HAM10000 and PAD-UFES-20 fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """models/tiny: an untrained tiny QANA (16x16) with config.yaml and a metrics.json; HAM and PAD fixtures."""
+    from test_convert import TINY
+
+    from qana_keras.config import Config, ModelConfig
+    from qana_keras.data import ham10000, splits
+    from qana_keras.metrics import classification_metrics
+    from qana_keras.models.qana import build_model
+
+    root = tmp_path_factory.mktemp("report")
+    ham = write_ham10000_fixture(root / "ham", n_lesions_per_class=6, size=(40, 30))
+    split_file = root / "split.csv"
+    splits.write_split(splits.make_lesion_split(ham10000.load_metadata(ham), seed=1), split_file)
+    pad = write_pad_ufes_fixture(root / "pad", per_diagnostic=4, missing_per_diagnostic=1, size=(32, 32))
+    folder = root / "models" / "tiny"
+    folder.mkdir(parents=True)
+    config = Config()
+    config.data.data_dir, config.data.split_file = str(ham), str(split_file)
+    config.data.cache_dir, config.data.image_size = str(root / "cache"), 16
+    config.model = ModelConfig(variant="qana", **TINY)
+    config.save(folder / "config.yaml")
+    model = build_model(config.model, input_size=16)
+    model.save(folder / "qana_float.h5", include_optimizer=False, save_format="h5")
+    labels = np.arange(21) % 7
+    test = classification_metrics(labels, np.eye(7)[labels])
+    write_json(folder / "metrics.json", {"variant": "qana", "selected_epoch": 1, "parameters": model.count_params(),
+                                         "test": test})
+    return root, ham, pad
+
+
+def test_report_evaluates_models_caches_and_writes_numbers_from_the_json(tiny_models, monkeypatch):
+    monkeypatch.delenv("QANA_PAD_UFES_DIR", raising=False)  # `make test` exports it
+    root, ham, pad = tiny_models
+    logs = []
+    summary = build_report(root / "models", root / "reports", data_dir=str(ham), pad_ufes_dir=str(pad),
+                           ablations=[], n_boot=100, log=logs.append)
+    assert summary["evaluations"] == ["tiny__float__ham10000-test", "tiny__float__pad-ufes-20"]
+    out = root / "reports"
+    e = read_json(out / "evaluate" / "tiny__float__ham10000-test.json")
+    n_test = int((pd.read_csv(root / "split.csv")["split"] == "test").sum())
+    assert e["n_images"] == n_test and e["split"] == "test" and e["groups"]["column"] == "lesion_id"
+    for suffix in ("confusion", "roc", "subgroups"):
+        assert (out / "evaluate" / f"tiny__float__ham10000-test_{suffix}.png").stat().st_size > 1000
+    p = read_json(out / "evaluate" / "tiny__float__pad-ufes-20.json")
+    assert p["excluded"]["by_label"]["SCC"]["n_images"] == 4 and p["n_images"] == 20
+    assert p["groups"]["column"] == "patient_id" and "fitzpatrick" in p["subgroups"]["attributes"]
+    report = (out / "README.md").read_text()
+    assert fmt_ci(e["top1"], e["bootstrap_95"]["top1"]) in report
+    assert fmt_ci(p["macro_f1"], p["bootstrap_95"]["macro_f1"]) in report
+    assert "SCC (4 images, tiny / float / pad-ufes-20): predicted" in report
+
+    # Nothing changed: both evaluations are reused, not recomputed.
+    logs.clear()
+    build_report(root / "models", root / "reports", data_dir=str(ham), pad_ufes_dir=str(pad), ablations=[],
+                 n_boot=100, log=logs.append)
+    assert sum("is up to date" in line for line in logs) == 2 and not any("evaluated" in li for li in logs)
+    # Another bootstrap count or other data means another fingerprint.
+    entry = {"model": str(root / "models" / "tiny" / "qana_float.h5"), "dataset": "pad-ufes-20", "data": str(pad),
+             "split_file": None}
+    assert fingerprint(entry, 100) != fingerprint(entry, 1000)
+    assert fingerprint(entry, 100) == read_json(out / "evaluate" / "tiny__float__pad-ufes-20.json")["fingerprint"]
+
+    # Without PAD-UFES-20 the report says so (the HAM10000 evaluation is reused).
+    build_report(root / "models", root / "reports", data_dir=str(ham), ablations=[], n_boot=100, **QUIET)
+    report = (out / "README.md").read_text()
+    assert "Not evaluated (PAD-UFES-20 not found)." in report
+    assert "tiny__float__pad-ufes-20: no PAD-UFES-20 (partial copy, external) given" in report
+
+
+def test_cli_evaluate_pad_ufes_20(tiny_models, tmp_path):
+    from qana_keras.cli import main
+
+    root, _, pad = tiny_models
+    out = tmp_path / "pad.json"
+    assert main(["evaluate", "--model", str(root / "models" / "tiny" / "qana_float.h5"), "--data", str(pad),
+                 "--format", "pad-ufes-20", "--json", str(out), "--n-boot", "50", "--min-units", "3"]) == 0
+    result = json.loads(out.read_text())
+    assert result["format"] == "pad-ufes-20" and result["n_images"] == 20
+    assert result["subgroups"]["min_units"] == 3
+    assert result["bootstrap_95"]["n_boot"] == 50
+    assert (tmp_path / "pad_roc.png").exists() and (tmp_path / "pad_subgroups.png").exists()
+    assert main(["evaluate", "--model", str(root / "models" / "tiny" / "qana_float.h5"), "--data", str(pad),
+                 "--format", "pad-ufes-20", "--split", "test", "--json", str(out)]) == 2
+
+
+def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_path):
+    from qana_keras.cli import main
+
+    table = tmp_path / "architecture.json"
+    shutil.copy(REPO / "models" / "ablations" / "architecture.json", table)
+    write_json(tmp_path / "ref.json", _evaluation(0.5))
+    write_json(tmp_path / "row.json", _evaluation(0.9, seed=1))
+    args = ["ablation-row", "--table", str(table), "--evaluation", str(tmp_path / "row.json"), "--n-boot", "200"]
+    assert main([*args, "--row", "no SE", "--run", str(COMMITTED)]) == 1  # no --reference: refused
+    assert main([*args, "--row", "no SE", "--run", str(COMMITTED), "--reference", str(tmp_path / "ref.json")]) == 0
+    assert main([*args, "--row", "nobody", "--reference", str(tmp_path / "ref.json")]) == 1
+    result = next(r for r in load_ablation(table)["rows"] if r["name"] == "no SE")["result"]
+    assert result["macs"] == read_json(COMMITTED / "conversion.json")["akida"]["macs"]
+    assert result["params"] == read_json(COMMITTED / "metrics.json")["parameters"]
+    deploy = read_json(COMMITTED / "deploy.json")["virtual_devices"]
+    assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")
+    assert result["paired_vs_reference"]["top1"]["real"]
+    assert "not run" in render_ablation(load_ablation(table))  # the other rows stay empty
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_evaluate_reproduces_the_committed_test_metrics_on_real_data(tmp_path):
+    """qana evaluate of models/qana/qana_float.h5 on the real test split = metrics.json of training, intervals too."""
+    from fixtures import real_data_dir
+
+    from qana_keras.evaluate import evaluate_model
+
+    data = real_data_dir()
+    if data is None:
+        pytest.skip("real HAM10000 not found")
+    result = evaluate_model(COMMITTED / "qana_float.h5", data, "ham10000", "test", cache_dir=tmp_path, **QUIET)
+    test = read_json(COMMITTED / "metrics.json")["test"]
+    assert result["confusion_matrix"] == test["confusion_matrix"]
+    for key in ("top1", "balanced_accuracy", "macro_f1"):
+        assert result[key] == pytest.approx(test[key], abs=1e-12)
+        for end in ("low", "high"):
+            assert result["bootstrap_95"][key][end] == pytest.approx(test["bootstrap_95"][key][end], abs=1e-12)
+    assert result["groups"] == {"column": "lesion_id", "n": 1118}
+    sexes = {r["value"]: r for r in result["subgroups"]["attributes"]["sex"]}
+    assert sexes["male"]["n_images"] + sexes["female"]["n_images"] + sexes["unknown"]["n_images"] == 1503
+
+
+def test_isic2018_images_are_their_own_lesions_unless_groupings_say_otherwise(tiny_models, tmp_path):
+    from fixtures import write_isic2018_fixture
+
+    from qana_keras.evaluate import evaluate_model, load_dataset
+
+    root, _, _ = tiny_models
+    images, gt = write_isic2018_fixture(tmp_path / "isic", per_class=2, size=(32, 32))
+    model = root / "models" / "tiny" / "qana_float.h5"
+    meta = load_dataset(images.parent, "isic2018")
+    alone = evaluation_metrics(meta, np.zeros((14, 7)), "isic2018", n_boot=20)
+    assert alone["groups"] == {"column": "image_id", "n": 14}
+    ids = pd.read_csv(gt)["image"].tolist()
+    (tmp_path / "isic" / "ISIC2018_Task3_Training_LesionGroupings.csv").write_text(
+        "image,lesion_id,diagnosis_confirm_type\n" + "".join(f"{i},HAM_{k // 2},histo\n" for k, i in enumerate(ids)))
+    grouped = evaluate_model(model, images, "isic2018", ground_truth=gt, n_boot=20, **QUIET)
+    assert grouped["groups"] == {"column": "lesion_id", "n": 7} and grouped["n_images"] == 14
+
+
+def test_paired_comparisons_against_the_first_evaluation():
+    from qana_keras.metrics import paired_confusion_bootstrap
+    from qana_keras.report import fmt_diff, paired_comparisons
+
+    a, b = _evaluation(0.5), _evaluation(0.9, seed=1)
+    text = paired_comparisons({"m__float__ham10000-test": a, "m__akida__ham10000-test": b,
+                               "m__float__pad-ufes-20": a}, "ham10000-test")
+    p, q = a["predictions"], b["predictions"]
+    diff = paired_confusion_bootstrap(p["label"], p["predicted"], q["predicted"], p["group"])
+    assert "against m / float / ham10000-test" in text
+    assert f"| m / akida / ham10000-test | {fmt_diff(diff['top1'])} |" in text and "**+" in text
+    assert paired_comparisons({"m__float__ham10000-test": a}, "ham10000-test") == ""
