@@ -152,3 +152,27 @@ def write_isic2018_fixture(root: Path, per_class: int = 2, size: tuple[int, int]
     gt = root / "ISIC2018_Task3_GroundTruth.csv"
     gt.write_text("\n".join(lines) + "\n")
     return images, gt
+
+
+# Widths of a QANA that builds, quantizes and converts in seconds.
+TINY_QANA = dict(widths=(8, 16), stem_filters=8, head_channels=8, sa_eca_stages=(2,), se_ratio=4)
+
+
+def write_run_fixture(root: Path, n_lesions_per_class: int, size: tuple[int, int], image_size: int,
+                      folder: str = "run"):
+    """HAM10000 fixture + lesion split + ``root/folder/config.yaml`` for a tiny QANA: (folder, config, data_dir)."""
+    from qana_keras.config import Config, ModelConfig
+    from qana_keras.data import ham10000, splits
+
+    data_dir = write_ham10000_fixture(root / "ham", n_lesions_per_class=n_lesions_per_class,
+                                      images_per_lesion=(1, 2), size=size)
+    split_file = root / "split.csv"
+    splits.write_split(splits.make_lesion_split(ham10000.load_metadata(data_dir), seed=1), split_file)
+    config = Config()
+    config.data.data_dir, config.data.split_file = str(data_dir), str(split_file)
+    config.data.cache_dir, config.data.image_size = str(root / "cache"), image_size
+    config.model = ModelConfig(**TINY_QANA)
+    run = root / folder
+    run.mkdir()
+    config.save(run / "config.yaml")
+    return run, config, data_dir

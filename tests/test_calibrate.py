@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import write_ham10000_fixture
+from fixtures import write_run_fixture
 from sklearn.metrics import balanced_accuracy_score, f1_score
-from test_convert import QUIET, TINY, random_images, tiny_model
+from test_convert import QUIET, random_images, tiny_model
 
 from qana_keras import CLASSES
 from qana_keras.calibrate import (add_offsets_to_quantized, add_to_dense_bias, fit_offsets, fit_temperature,
@@ -83,8 +83,11 @@ def test_temperature_recovers_overconfidence_and_lowers_ece():
 
 @pytest.fixture(scope="module")
 def tiny():
+    import tf_keras
+
     from qana_keras.convert import quantize_for_akida, to_akida
 
+    tf_keras.utils.set_random_seed(0)  # untrained weights: the same model every run, so the tolerances hold every run
     model = tiny_model()
     qmodel, _ = quantize_for_akida(model, random_images(32), "qana", batch_size=16, **QUIET)
     return model, qmodel, to_akida(qmodel, strict=True, variant="qana", **QUIET)
@@ -127,23 +130,11 @@ def test_offsets_reach_the_akida_dense_bias(tiny):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny):
     """A run folder with an untrained tiny QANA converted without training (seconds, not minutes)."""
-    from qana_keras.config import Config, ModelConfig
     from qana_keras.convert import quantize_for_akida, to_akida
-    from qana_keras.data import ham10000, splits
     from qana_keras.io import write_json
     from qana_keras.models.qana import build_model
 
-    root = tmp_path_factory.mktemp("calibrate")
-    data_dir = write_ham10000_fixture(root / "ham", n_lesions_per_class=6, images_per_lesion=(1, 2), size=(48, 36))
-    split_file = root / "split.csv"
-    splits.write_split(splits.make_lesion_split(ham10000.load_metadata(data_dir), seed=1), split_file)
-    config = Config()
-    config.data.data_dir, config.data.split_file = str(data_dir), str(split_file)
-    config.data.cache_dir, config.data.image_size = str(root / "cache"), 16
-    config.model = ModelConfig(**TINY)
-    run = root / "run"
-    run.mkdir()
-    config.save(run / "config.yaml")
+    run, config, _ = write_run_fixture(tmp_path_factory.mktemp("calibrate"), 6, size=(48, 36), image_size=16)
     model = build_model(config.model, input_size=16)
     model.save(run / "qana_float.h5", save_format="h5")
     qmodel, _ = quantize_for_akida(model, random_images(32), "qana", batch_size=16, **QUIET)
@@ -154,7 +145,6 @@ def tiny_run(tmp_path_factory, tiny):
     return run
 
 
-@pytest.mark.slow  # slow: notebooks/07 runs `qana calibrate` end to end in CI too
 def test_calibrate_run_writes_artifacts_and_refuses_to_overwrite(tiny_run):
     from qana_keras.calibrate import calibrate_run
 

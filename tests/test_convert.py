@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import write_ham10000_fixture
+from fixtures import TINY_QANA as TINY, write_ham10000_fixture
 
 from qana_keras import CLASSES
 from qana_keras.config import Config, ModelConfig
@@ -14,7 +14,6 @@ from qana_keras.data import ham10000, splits
 from qana_keras.io import RunFolderError, read_json
 from qana_keras.models.qana import build_model
 
-TINY = dict(widths=(8, 16), stem_filters=8, head_channels=8, sa_eca_stages=(2,), se_ratio=4)
 QUIET = dict(log=lambda *_: None)
 
 

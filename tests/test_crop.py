@@ -6,16 +6,15 @@ import json
 import cv2
 import numpy as np
 import pytest
-from fixtures import write_ham10000_fixture
+from fixtures import TINY_QANA as TINY, write_run_fixture
 
 from qana_keras import CLASSES
 from qana_keras.config import Config, ModelConfig
 from qana_keras.crop import (MASK_DIR, CropParams, apply_fallback, box_iou, centred, choose_fallback_threshold,
                              combine_views, crop_box, crop_cache_params, load_cached_crops, mask_boxes, salient_box,
                              tile_boxes)
-from qana_keras.data import ham10000, splits
+from qana_keras.data import ham10000
 
-TINY = dict(widths=(8, 16), stem_filters=8, head_channels=8, sa_eca_stages=(2,), se_ratio=4)
 QUIET = dict(log=lambda *_: None)
 SKIN = np.array([225, 180, 160])
 
@@ -50,18 +49,9 @@ def write_masks(data_dir, scale: int = 3) -> dict:
 def ham(tmp_path_factory):
     """A 200x150 HAM10000 fixture with masks, a split file and a tiny saved saliency model (with its config)."""
     root = tmp_path_factory.mktemp("crop")
-    data_dir = write_ham10000_fixture(root / "ham", n_lesions_per_class=4, images_per_lesion=(1, 2), size=(200, 150))
+    model_dir, config, data_dir = write_run_fixture(root, 4, size=(200, 150), image_size=32, folder="model")
     boxes = write_masks(data_dir)
-    split_file = root / "split.csv"
-    splits.write_split(splits.make_lesion_split(ham10000.load_metadata(data_dir), seed=1), split_file)
-    config = Config()
-    config.data.data_dir, config.data.split_file = str(data_dir), str(split_file)
-    config.data.cache_dir, config.data.image_size = str(root / "cache"), 32
-    config.model = ModelConfig(**TINY)
-    model_dir = root / "model"
-    model_dir.mkdir()
     tiny_model().save(model_dir / "qana_float.h5", save_format="h5")
-    config.save(model_dir / "config.yaml")
     return {"root": root, "data_dir": data_dir, "boxes": boxes, "config": config, "model": model_dir / "qana_float.h5"}
 
 

@@ -1,20 +1,17 @@
 """Embedding-space SMOTE head: whitening, safe anchors, oversampling, folding into head/dense, Akida, run folder."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
-from fixtures import write_ham10000_fixture
+from fixtures import TINY_QANA as TINY, write_run_fixture
 
 from qana_keras import CLASSES
-from qana_keras.config import Config, ModelConfig
-from qana_keras.data import ham10000, splits
+from qana_keras.config import ModelConfig
 from qana_keras.head import (HeadConfig, equalization_rates, extract_embeddings, fit_head, fit_whitening, load_head, local_frames,
                              minority_targets, oversample, safe_anchor_mask, save_head, with_dense)
 from qana_keras.io import RunFolderError, read_json
 
-TINY = dict(widths=(8, 16), stem_filters=8, head_channels=8, sa_eca_stages=(2,), se_ratio=4)
 QUIET = dict(log=lambda *_: None)
 K = len(CLASSES)
 
@@ -234,17 +231,7 @@ def test_save_and_load_are_plain_arrays(tiny, tmp_path):
 def tiny_run(tmp_path_factory):
     from qana_keras.models.qana import build_model
 
-    root = tmp_path_factory.mktemp("head")
-    data_dir = write_ham10000_fixture(root / "ham", n_lesions_per_class=8, images_per_lesion=(1, 2), size=(48, 36))
-    split_file = root / "split.csv"
-    splits.write_split(splits.make_lesion_split(ham10000.load_metadata(data_dir), seed=1), split_file)
-    config = Config()
-    config.data.data_dir, config.data.split_file = str(data_dir), str(split_file)
-    config.data.cache_dir, config.data.image_size = str(root / "cache"), 16
-    config.model = ModelConfig(**TINY)
-    run = root / "run"
-    run.mkdir()
-    config.save(run / "config.yaml")
+    run, config, _ = write_run_fixture(tmp_path_factory.mktemp("head"), 8, size=(48, 36), image_size=16)
     build_model(config.model, input_size=16).save(run / "qana_float.h5", save_format="h5")
     return run
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import write_ham10000_fixture, write_pad_ufes_fixture
-from test_convert import QUIET, TINY, random_images, tiny_model
+from fixtures import write_pad_ufes_fixture, write_run_fixture
+from test_convert import QUIET, random_images, tiny_model
 
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, read_json, write_json
-from qana_keras.learn import (IntegerReadout, LearnConfig, LearnError, class_incremental, class_sample_weights,
+from qana_keras.learn import (LearnConfig, LearnError, class_incremental, class_sample_weights,
                               fit_readout, patient_split, quantize_readout, read_readout, split_readout,
                               write_readout)
 
@@ -148,21 +148,9 @@ def test_class_incremental_protocol_on_features():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_akida):
-    from qana_keras.config import Config, ModelConfig
-    from qana_keras.data import ham10000, splits
-
     root = tmp_path_factory.mktemp("learn")
-    data_dir = write_ham10000_fixture(root / "ham", n_lesions_per_class=5, images_per_lesion=(1, 2), size=(48, 36))
-    split_file = root / "split.csv"
-    splits.write_split(splits.make_lesion_split(ham10000.load_metadata(data_dir), seed=1), split_file)
+    run, _, _ = write_run_fixture(root, 5, size=(48, 36), image_size=16)
     pad = write_pad_ufes_fixture(root / "pad", per_diagnostic=6, missing_per_diagnostic=1, size=(40, 40))
-    config = Config()
-    config.data.data_dir, config.data.split_file = str(data_dir), str(split_file)
-    config.data.cache_dir, config.data.image_size = str(root / "cache"), 16
-    config.model = ModelConfig(**TINY)
-    run = root / "run"
-    run.mkdir()
-    config.save(run / "config.yaml")
     tiny_akida.save(str(run / "qana.fbz"))
     return run, pad
 

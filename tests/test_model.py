@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import qana_keras  # noqa: F401
+from fixtures import TINY_QANA as TINY
 from qana_keras.config import ModelConfig
 from qana_keras.models.qana import MODEL_BUILDERS, build_model
 
-TINY = dict(widths=(8, 16), stem_filters=8, head_channels=8, sa_eca_stages=(2,), se_ratio=4)
 
 
 def tiny(variant="qana", **kw):

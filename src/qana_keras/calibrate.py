@@ -282,7 +282,7 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
                              "folds offsets into an Akida dense layer, so it needs a fully integer run")
     float_path = converted["paths"]["float"]
     model = keras.models.load_model(float_path, compile=False)
-    qmodel, akida_model = converted["quantized"], converted["akida"]
+    akida_model = converted["akida"]
     data = data if data is not None else load_splits(config.data, log=log)
     val, test = data["val"], data["test"]
 

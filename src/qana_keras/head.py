@@ -27,7 +27,6 @@ Run folder artifacts (next to ``<variant>_float.h5``):
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras import CLASSES
-from qana_keras.io import RunFolderError, atomic_path, read_json, write_json
+from qana_keras.io import RunFolderError, atomic_path, read_json, sha256_file, write_json
 
 if TYPE_CHECKING:  # TensorFlow is imported only where a model is touched: `qana --help` stays fast
     import tf_keras as keras
@@ -525,14 +524,6 @@ def load_head(npz_path: str | Path, json_path: str | Path) -> FittedHead:
                       arrays["kernel"], arrays["folded_bias"], meta.get("report", {}))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def head_paths(run_dir: str | Path, variant: str) -> dict[str, Path]:
     run_dir = Path(run_dir)
     return {"float": run_dir / f"{variant}_float.h5", "npz": run_dir / "head.npz", "json": run_dir / "head.json",
@@ -618,7 +609,7 @@ def head_run(run_dir: str | Path, config: HeadConfig | None = None, overwrite: b
     with atomic_path(paths["model"]) as tmp:
         new_model.save(tmp, include_optimizer=False, save_format="h5")
     save_head(head, paths["npz"], paths["json"], extra={
-        "variant": variant, "source_model": paths["float"].name, "source_sha256": _sha256(paths["float"]),
+        "variant": variant, "source_model": paths["float"].name, "source_sha256": sha256_file(paths["float"]),
         "model": paths["model"].name, "embedding_layer": EMBEDDING_LAYER, "dense_layer": DENSE_LAYER,
         "metrics": metrics, "bootstrap": f"{n_boot} resamples of lesions (lesion_id), paired with the original model",
         "seconds": round(time.perf_counter() - began, 1)})

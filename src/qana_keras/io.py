@@ -1,6 +1,7 @@
 """Atomic file writes: a crash never leaves a half-written artifact behind."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -43,3 +44,12 @@ def write_json(path: str | Path, obj) -> None:
 def read_json(path: str | Path):
     with open(path) as f:
         return json.load(f)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -27,7 +27,6 @@ learn_<protocol>.json/.md and <variant>_learn_<protocol>.fbz.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from qana_keras import CLASSES
-from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
+from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, sha256_file, write_json
 
 NEW_CLASS = "scc"
 PROTOCOLS = ("domain", "new-class", "class-incremental")
@@ -223,14 +222,6 @@ def patient_split(frame, labels: np.ndarray, test_fraction: float = 1 / 3, seed:
     return mask
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_features(run_dir: Path, fbz: Path, sets: dict[str, tuple[list[str], np.ndarray]], batch_size: int = 100,
                     log=print) -> dict[str, np.ndarray]:
     """Akida backbone features of each named image set, cached in ``learn_features.npz``.
@@ -241,7 +232,7 @@ def cached_features(run_dir: Path, fbz: Path, sets: dict[str, tuple[list[str], n
     import akida
 
     cache = run_dir / "learn_features.npz"
-    key = _sha256(fbz)
+    key = sha256_file(fbz)
     stored = {}
     if cache.exists():
         with np.load(cache, allow_pickle=False) as f:

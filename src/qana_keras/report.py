@@ -15,13 +15,12 @@ TensorFlow is imported only when an evaluation has to be computed.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import time
 from pathlib import Path
 
 from qana_keras import CLASSES
-from qana_keras.io import atomic_write_text, read_json, write_json
+from qana_keras.io import atomic_write_text, read_json, sha256_file, write_json
 
 EVALUATION_VERSION = 1  # bump when `qana evaluate` output changes: cached evaluations are then recomputed
 METRICS = (("top1", "top-1"), ("balanced_accuracy", "balanced acc."), ("macro_f1", "macro-F1"))
@@ -155,11 +154,7 @@ def model_summary(model_dir: Path) -> dict:
 def _sha256(path: str | Path | None) -> str | None:
     if path is None or not Path(path).is_file():
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def evaluation_plan(summaries: list[dict], ham_dir: str | None, pad_dir: str | None) -> list[dict]:

@@ -17,13 +17,13 @@ Maps are not normalised here; :mod:`qana_keras.crop` thresholds them relative to
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from qana_keras.io import sha256_file
 
 METHODS = ("head", "gradcam")
 FLATTEN, DENSE = "head/flatten", "head/dense"
@@ -179,12 +179,7 @@ class GradCAM:
         return np.concatenate(maps), np.concatenate(all_logits)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file  # crop.py keys its cache with it
 
 
 def load_saliency(path: str | Path, method: str = "head", layer: str | None = None):
