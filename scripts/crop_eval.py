@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qana_keras.cli import add_crop_evaluation_arguments
 from qana_keras.crop import crop_setup, evaluate_crops, format_report
 from qana_keras.io import write_json
 
@@ -24,21 +25,7 @@ from qana_keras.io import write_json
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="classifier of the crops and tiles (.h5 float or .fbz Akida)")
-    p.add_argument("--saliency-model", help="whole-image model giving the map (.h5 or .fbz; default: data.crop_model "
-                                            "of a crop-trained --model, else --model)")
-    p.add_argument("--saliency", choices=("head", "gradcam"), help="map (default: the config's data.crop_saliency)")
-    p.add_argument("--layer", help="Grad-CAM layer (default: the last stageN/relu)")
-    p.add_argument("--baseline", help="whole-image model of the 'whole' row (default: the saliency model when --model "
-                                      "is crop-trained, else --model)")
-    p.add_argument("--threshold", type=float, help="salient fraction of the map's range (default: config, 0.5)")
-    p.add_argument("--margin", type=float, help="box margin per side (default: config, 0.15)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap of the 2x2 fallback")
-    p.add_argument("--data", help="HAM10000 root (default: the model config's data_dir)")
-    p.add_argument("--split-file", help="lesion-level split (default: the model config's)")
-    p.add_argument("--cache-dir", help="image cache (default: $QANA_CACHE_DIR, else the model config's)")
-    p.add_argument("--mask-dir", help="official masks (default <data>/HAM10000_segmentations_lesion_tschandl)")
-    p.add_argument("--max-images", type=int, default=0, help="class-stratified subset per split (0 = all)")
-    p.add_argument("--n-boot", type=int, default=1000)
+    add_crop_evaluation_arguments(p)
     p.add_argument("--compare-saliency", metavar="MODEL", help="a second saliency model (e.g. the Akida .fbz of the "
                                                               "float saliency model): its agreement on test")
     p.add_argument("--json", required=True, help="JSON to write")

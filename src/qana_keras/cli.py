@@ -245,6 +245,25 @@ def cmd_learn(args) -> int:
     return 0
 
 
+def add_crop_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of a crop evaluation, shared by `qana crop` and scripts/crop_eval.py."""
+    p.add_argument("--saliency-model", help="whole-image model giving the map (.h5 or .fbz; default: data.crop_model "
+                                            "of a crop-trained classifier, else the classifier)")
+    p.add_argument("--saliency", choices=("head", "gradcam"), help="head: forward-only map from the last feature map "
+                                                                   "(works on .fbz); gradcam: float .h5 only")
+    p.add_argument("--layer", help="Grad-CAM layer (default: the last stageN/relu)")
+    p.add_argument("--baseline", help="whole-image model of the 'whole' row (default: see crop_setup)")
+    p.add_argument("--threshold", type=float, help="salient fraction of the map's range (default: config, 0.5)")
+    p.add_argument("--margin", type=float, help="box margin per side, fraction of the box (default: config, 0.15)")
+    p.add_argument("--overlap", type=float, default=0.25, help="overlap of the 2x2 fallback tiles")
+    p.add_argument("--data", help="HAM10000 root (default: the model config's data_dir)")
+    p.add_argument("--split-file", help="lesion-level split CSV (default: the model config's)")
+    p.add_argument("--cache-dir", help="image cache (default: $QANA_CACHE_DIR, else the model config's)")
+    p.add_argument("--mask-dir", help="official masks (default: <data>/HAM10000_segmentations_lesion_tschandl)")
+    p.add_argument("--max-images", type=int, default=0, help="class-stratified subset of each split (0 = all)")
+    p.add_argument("--n-boot", type=int, default=1000, help="lesion bootstrap resamples")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qana", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -410,21 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder: its <variant>_float.h5 classifies (and, unless crop-trained, gives "
                                  "the saliency map)")
     p.add_argument("--model", help="classifier instead of the run's float model (.h5 or .fbz)")
-    p.add_argument("--saliency-model", help="whole-image model giving the map (.h5 or .fbz; default: data.crop_model "
-                                            "of a crop-trained classifier, else the classifier)")
-    p.add_argument("--saliency", choices=("head", "gradcam"), help="head: forward-only map from the last feature map "
-                                                                   "(works on .fbz); gradcam: float .h5 only")
-    p.add_argument("--layer", help="Grad-CAM layer (default: the last stageN/relu)")
-    p.add_argument("--baseline", help="whole-image model of the 'whole' row (default: see crop_setup)")
-    p.add_argument("--threshold", type=float, help="salient fraction of the map's range (default: config, 0.5)")
-    p.add_argument("--margin", type=float, help="box margin per side, fraction of the box (default: config, 0.15)")
-    p.add_argument("--overlap", type=float, default=0.25, help="overlap of the 2x2 fallback tiles")
-    p.add_argument("--data", help="HAM10000 root (default: the model config's data_dir)")
-    p.add_argument("--split-file", help="lesion-level split CSV (default: the model config's)")
-    p.add_argument("--cache-dir", help="image cache (default: $QANA_CACHE_DIR, else the model config's)")
-    p.add_argument("--mask-dir", help="official masks (default: <data>/HAM10000_segmentations_lesion_tschandl)")
-    p.add_argument("--max-images", type=int, default=0, help="class-stratified subset of each split (0 = all)")
-    p.add_argument("--n-boot", type=int, default=1000, help="lesion bootstrap resamples")
+    add_crop_evaluation_arguments(p)
     p.add_argument("--json", help="evaluation JSON to write (validation picks the fallback threshold, test reports)")
     p.add_argument("--overlays", metavar="DIR", help="write crop_overlays_<class>.png (image + boxes, heat map, crop)")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="split the overlays draw from")
