@@ -110,7 +110,17 @@ notebooks: $(STAMP) ## execute notebooks/ in quick mode and fail on any failed a
 	QANA_NOTEBOOK_QUICK=$(if $(filter 1,$(FULL)),0,1) $(VENV)/bin/python -m pytest -p no:cacheprovider --nbmake \
 	  $(if $(filter 1,$(FULL)),--overwrite --nbmake-timeout=7200,--nbmake-timeout=900) notebooks/
 
-.PHONY: calibrate learn
+.PHONY: calibrate learn train-akd1000 convert-akd1000 edge-learn
+AKD1000_RUN ?= runs/qana-akd1000
+train-akd1000: $(STAMP) ## train qana-akd1000 (Akida 1.0, 5 classes) into AKD1000_RUN
+	$(QANA) train --config configs/qana-akd1000.yaml --run $(AKD1000_RUN)
+
+convert-akd1000: $(STAMP) ## 4-bit Akida 1.0 conversion of AKD1000_RUN (spike layer tuned to fire, 1 bit)
+	$(QANA) convert --run $(AKD1000_RUN) --bits 4
+
+edge-learn: $(STAMP) ## Akida 1.0 on-chip learning protocols on AKD1000_RUN (class-incremental, PAD-UFES-20, SCC)
+	$(QANA) edge-learn --run $(AKD1000_RUN) --pad-ufes $(QANA_PAD_UFES_DIR)
+
 calibrate: $(STAMP) ## decision offsets (val macro-F1) folded into RUN's head/dense + Akida; temperature, ECE, reliability PNG
 	$(QANA) calibrate --run $(RUN)
 

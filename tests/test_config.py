@@ -38,3 +38,11 @@ def test_bad_override():
         load_config(None, ["train.nope=3"])
     with pytest.raises(ValueError, match="expected a boolean"):
         load_config(None, ["train.balanced_sampling=maybe"])
+
+
+def test_class_subset_override_and_round_trip(tmp_path):
+    config = load_config(None, ["data.classes=akiec,bcc,nv", "model.widths=8,16"])
+    assert config.data.classes == ("akiec", "bcc", "nv") and config.model.widths == (8, 16)
+    config.save(tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").data.classes == ("akiec", "bcc", "nv")
+    assert load_config(None, ["data.classes="]).data.classes == ()

@@ -25,8 +25,9 @@ def random_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def make_tiny_run(root, variant: str = "qana", epochs: int = 1, size: int = 32):
-    """Train a tiny-width model for ``epochs`` on a synthetic HAM10000 fixture; returns (run_dir, config)."""
+def make_tiny_run(root, variant: str = "qana", epochs: int = 1, size: int = 32, classes: tuple[str, ...] = ()):
+    """Train a tiny-width model for ``epochs`` on a synthetic HAM10000 fixture (on ``classes`` only, if given);
+    returns (run_dir, config)."""
     from qana_keras.train import train
 
     data_dir = write_ham10000_fixture(root / "ham", n_lesions_per_class=6, images_per_lesion=(1, 2), size=(64, 48))
@@ -35,6 +36,7 @@ def make_tiny_run(root, variant: str = "qana", epochs: int = 1, size: int = 32):
     config = Config()
     config.data.data_dir, config.data.split_file = str(data_dir), str(split_file)
     config.data.cache_dir, config.data.image_size = str(root / "cache"), size
+    config.data.classes = classes
     config.model = ModelConfig(variant=variant, **TINY)
     config.train.epochs, config.train.batch_size, config.train.warmup_epochs = epochs, 16, 0
     run = root / "run"

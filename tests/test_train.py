@@ -86,3 +86,34 @@ def test_resume_without_a_run_is_refused(tmp_path):
 
     with pytest.raises(RunFolderError, match="nothing to resume"):
         train(tmp_path / "none", resume=True, log=lambda *_: None)
+
+
+def test_training_on_a_class_subset(tmp_path):
+    """data.classes keeps only those classes' images, with labels in that order, and records classes.json."""
+    import tf_keras as keras
+
+    from qana_keras.data.dataset import load_splits
+    from qana_keras.train import train
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.data.classes = ("mel", "nv", "akiec")
+    data = load_splits(config.data)
+    for split in data.values():
+        assert set(split.frame["dx"]) == {"mel", "nv", "akiec"}
+        assert (split.labels == split.frame["dx"].map({"mel": 0, "nv": 1, "akiec": 2}).to_numpy()).all()
+    metrics = train(tmp_path / "subset", config, log=lambda *_: None)
+    assert read_json(tmp_path / "subset" / "classes.json") == {"classes": ["mel", "nv", "akiec"]}
+    assert metrics["test"]["classes"] == ["mel", "nv", "akiec"]
+    assert len(metrics["test"]["confusion_matrix"]) == 3
+    model = keras.models.load_model(tmp_path / "subset" / "qana_float.h5", compile=False)
+    assert model.output_shape == (None, 3)
+
+
+@pytest.mark.parametrize("classes, message", [(("mel", "scc"), "scc unknown"), (("mel",), "at least 2"),
+                                               (("mel", "mel"), "distinct")])
+def test_bad_class_subset_is_named(classes, message):
+    from qana_keras.config import DataConfig
+    from qana_keras.data.dataset import run_classes
+
+    with pytest.raises(ValueError, match=message):
+        run_classes(DataConfig(classes=classes))

@@ -109,7 +109,7 @@ def cmd_convert(args) -> int:
     try:
         convert_run(args.run, bits=args.bits, num_calibration=args.calibration, batch_size=args.batch_size,
                     qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
-                    qat_stop_when_met=args.qat_stop_when_met, overwrite=args.overwrite)
+                    qat_stop_when_met=args.qat_stop_when_met, spike_rate=args.spike_rate, overwrite=args.overwrite)
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -245,6 +245,21 @@ def cmd_learn(args) -> int:
     return 0
 
 
+def cmd_edge_learn(args) -> int:
+    from qana_keras.edge import EdgeConfig, EdgeError, edge_learn_run
+
+    config = EdgeConfig(neurons_per_class=args.neurons_per_class, weight_factor=args.weight_factor,
+                        learning_competition=args.competition, max_per_class=args.max_per_class,
+                        shots=tuple(args.shots), seed=args.seed)
+    try:
+        edge_learn_run(args.run, protocols=args.protocol, pad_root=args.pad_ufes, config=config,
+                       overwrite=args.overwrite)
+    except EdgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_crop_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """Options of a crop evaluation, shared by `qana crop` and scripts/crop_eval.py."""
     p.add_argument("--saliency-model", help="whole-image model giving the map (.h5 or .fbz; default: data.crop_model "
@@ -312,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qat-lr", type=float, default=1e-5, help="quantization-aware fine-tuning learning rate")
     p.add_argument("--qat-stop-when-met", action="store_true",
                    help="stop fine-tuning at the first epoch meeting every fidelity target on validation (faster)")
+    p.add_argument("--spike-rate", type=float, default=0.1,
+                   help="Akida 1.0 variants: fraction of spike-layer positions that fire after BN tuning")
     p.add_argument("--overwrite", action="store_true", help="replace existing conversion artifacts")
     p.set_defaults(func=cmd_convert)
 
@@ -451,6 +468,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level PAD-UFES-20 split")
     p.add_argument("--overwrite", action="store_true", help="replace existing learn artifacts")
     p.set_defaults(func=cmd_learn)
+
+    p = verbs.add_parser("edge-learn", help="Akida 1.0 on-chip learning (AkidaUnsupervised) on a qana-akd1000 run: "
+                                            "class-incremental, PAD-UFES-20 domain update, SCC as a new class")
+    p.add_argument("--run", required=True, help="qana-akd1000 run converted with `qana convert --bits 4`")
+    p.add_argument("--protocol", nargs="+", choices=("class-incremental", "domain", "new-class"),
+                   default=["class-incremental", "domain", "new-class"])
+    p.add_argument("--pad-ufes", default=os.environ.get("QANA_PAD_UFES_DIR"),
+                   help="PAD-UFES-20 root (metadata.csv + images/; default $QANA_PAD_UFES_DIR)")
+    p.add_argument("--neurons-per-class", type=int, default=10, help="learning neurons per class")
+    p.add_argument("--weight-factor", type=float, default=1.2, help="num_weights = this x mean spikes per image")
+    p.add_argument("--competition", type=float, default=0.1, help="AkidaUnsupervised learning_competition")
+    p.add_argument("--max-per-class", type=int, default=300, help="HAM10000 training images learned per class (0: all)")
+    p.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20, 0],
+                   help="class-incremental images per new class (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image draws and the PAD-UFES-20 patient split")
+    p.add_argument("--overwrite", action="store_true", help="replace existing edge_learning.json/.md")
+    p.set_defaults(func=cmd_edge_learn)
     return parser
 
 

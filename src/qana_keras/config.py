@@ -37,6 +37,9 @@ class DataConfig:
     crop_threshold: float = 0.5  # salient where the map is above this fraction of its range
     crop_margin: float = 0.15  # added on each side of the salient box, as a fraction of its longer side
     mask_dir: str = ""  # crop=mask: the official masks; "" = <data_dir>/HAM10000_segmentations_lesion_tschandl
+    # A class subset (names from CLASSES, in output order) drops the other classes' images from every split:
+    # a backbone that has never seen them, for the class-incremental protocol of `qana learn`. () = all 7.
+    classes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,7 +100,8 @@ def _coerce(value: str, current):
             return False
         raise ValueError(f"expected a boolean, got {value!r}")
     if isinstance(current, tuple):
-        return tuple(int(v) for v in value.strip().strip("[]()").split(",") if v.strip())  # '' or '[]' -> ()
+        items = [v.strip() for v in value.strip().strip("[]()").split(",") if v.strip()]  # '' or '[]' -> ()
+        return tuple(int(v) if v.lstrip("-").isdigit() else v for v in items)
     if current is None:
         return value
     return type(current)(value)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +39,12 @@ import tf_keras as keras
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, atomic_path, read_json, write_json
 
-HARDWARE_NATIVE = frozenset({"qana", "plain-cnn", "akidanet-0.25", "akidanet-0.5"})
+HARDWARE_NATIVE = frozenset({"qana", "plain-cnn", "akidanet-0.25", "akidanet-0.5", "qana-akd1000"})
 """Variants declared to run entirely on Akida: conversion fails loudly if any layer stays float."""
+
+AKIDA_V1_SPIKE_LAYERS = {"qana-akd1000": "spike/relu"}
+"""Variants for Akida 1.0 (AKD1000): 4 bits, per-tensor activations, and this layer's output quantized to
+1 bit (the spike layer that on-chip learning reads). They convert with cnn2snn's ``AkidaVersion.v1``."""
 
 # Fidelity targets of the integer model against the float one (issue 4). Post-training quantization
 # that misses any of them on validation triggers quantization-aware fine-tuning.
@@ -62,14 +67,28 @@ def precision_tag(bits: int) -> str:
     return f"i8_w{bits}_a{bits}"
 
 
-def quantization_params(bits: int):
-    """8-bit: quantizeml defaults. 4-bit: 4-bit weights and activations, 8-bit first-layer weights."""
+def quantization_params(bits: int, akida_v1: bool = False):
+    """8-bit: quantizeml defaults. 4-bit: 4-bit weights and activations, 8-bit first-layer weights.
+
+    ``akida_v1`` (4-bit only): per-tensor activations too, as Akida 1.0 requires.
+    """
     from quantizeml.layers import QuantizationParams
 
     precision_tag(bits)  # validates
+    if akida_v1 and bits != 4:
+        raise ValueError("Akida 1.0 runs 4-bit models: use bits=4")
     if bits == 8:
         return QuantizationParams()
-    return QuantizationParams(weight_bits=4, activation_bits=4, input_weight_bits=8)
+    return QuantizationParams(weight_bits=4, activation_bits=4, input_weight_bits=8, per_tensor_activations=akida_v1)
+
+
+@contextmanager
+def akida_version(v1: bool):
+    """cnn2snn's target (quantizeml and the converter read it): Akida 1.0 if ``v1``, else the 2.0 default."""
+    import cnn2snn
+
+    with cnn2snn.set_akida_version(cnn2snn.AkidaVersion.v1) if v1 else nullcontext():
+        yield
 
 
 def artifact_paths(run_dir: str | Path, variant: str, bits: int = 8) -> dict[str, Path]:
@@ -201,14 +220,36 @@ def first_float_layer(qmodel: keras.Model) -> str | None:
 # Quantization and conversion
 
 
+def spike_config(model: keras.Model, qparams, spike_layer: str) -> dict:
+    """quantizeml's per-layer config for ``model`` with ``spike_layer``'s output quantized to 1 bit."""
+    from quantizeml.models import dump_config, quantize
+
+    probe = quantize(model, qparams=qparams, samples=None, num_samples=1, batch_size=1, epochs=1)
+    config = dump_config(probe)
+    quantizer = config.get(spike_layer, {}).get("output_quantizer")
+    if quantizer is None:
+        raise ConversionError(f"layer '{spike_layer}' has no output quantizer in the quantized model (layers with "
+                              f"one: {', '.join(k for k, v in config.items() if 'output_quantizer' in v)}); the "
+                              "spike layer must be the ReLU that closes the last feature layer")
+    quantizer["bitwidth"] = 1
+    return config
+
+
 def quantize_model(model: keras.Model, samples: np.ndarray, bits: int = 8, batch_size: int = 100,
-                   epochs: int = 1, quantize_until: str | None = None, log=print) -> keras.Model:
-    """quantizeml ``quantize`` calibrated on ``samples`` (uint8 images); quantizeml's warnings go to ``log``."""
+                   epochs: int = 1, quantize_until: str | None = None, spike_layer: str | None = None,
+                   log=print) -> keras.Model:
+    """quantizeml ``quantize`` calibrated on ``samples`` (uint8 images); quantizeml's warnings go to ``log``.
+
+    ``spike_layer`` targets Akida 1.0: 4-bit per-tensor parameters and that layer's output at 1 bit.
+    """
     from quantizeml.models import quantize
 
-    with warnings.catch_warnings(record=True) as caught:
+    v1 = spike_layer is not None
+    qparams = quantization_params(bits, akida_v1=v1)
+    with warnings.catch_warnings(record=True) as caught, akida_version(v1):
         warnings.simplefilter("always")
-        qmodel = quantize(model, qparams=quantization_params(bits), samples=samples, num_samples=len(samples),
+        q_config = spike_config(model, qparams, spike_layer) if v1 else None
+        qmodel = quantize(model, q_config=q_config, qparams=qparams, samples=samples, num_samples=len(samples),
                           batch_size=batch_size, epochs=epochs, quantize_until=quantize_until)
     for w in caught:
         if "quantiz" in str(w.message).lower():
@@ -257,7 +298,10 @@ def quantize_for_akida(model: keras.Model, samples: np.ndarray, variant: str, bi
             cut = None  # the whole model quantizes: no host tail
         else:
             log(f"{variant} is not hardware-native: Akida prefix up to '{cut}', float tail on the host")
-    qmodel = quantize_model(model, samples, bits, batch_size, epochs, quantize_until=cut, log=log)
+    spike = AKIDA_V1_SPIKE_LAYERS.get(variant)
+    if spike and bits != 4:
+        raise ValueError(f"{variant} targets Akida 1.0, which runs 4-bit models: pass --bits 4 (bits=4)")
+    qmodel = quantize_model(model, samples, bits, batch_size, epochs, quantize_until=cut, spike_layer=spike, log=log)
     if native:
         check_hardware_native(qmodel, variant)
     return qmodel, cut
@@ -277,7 +321,7 @@ def to_akida(qmodel: keras.Model, strict: bool, variant: str = "model", expected
     """
     import cnn2snn
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, akida_version(variant in AKIDA_V1_SPIKE_LAYERS):
         warnings.simplefilter("always")
         akida_model = cnn2snn.convert(qmodel)
     stops = _stop_messages(caught)
@@ -387,15 +431,15 @@ def load_converted(run_dir: str | Path, bits: int = 8) -> dict:
 # Quantization-aware fine-tuning
 
 
-def _val_scores(model, images, labels, reference_logits: np.ndarray | None = None) -> dict:
+def _val_scores(model, images, labels, reference_logits: np.ndarray | None = None, classes=CLASSES) -> dict:
     """top-1, macro-F1 and per-class recall; with ``reference_logits`` also the argmax agreement with them."""
     from qana_keras.metrics import macro_f1
 
     logits = predict_logits(model, images, batch_size=256)
     pred = logits.argmax(1)
     recall = {c: float(np.mean(pred[labels == i] == i)) if np.any(labels == i) else None
-              for i, c in enumerate(CLASSES)}
-    scores = {"top1": float(np.mean(pred == labels)), "macro_f1": macro_f1(labels, pred), "recall": recall,
+              for i, c in enumerate(classes)}
+    scores = {"top1": float(np.mean(pred == labels)), "macro_f1": macro_f1(labels, pred, len(classes)), "recall": recall,
               "logits": logits}
     if reference_logits is not None:
         scores["argmax_agreement"] = float(np.mean(pred == reference_logits.argmax(1)))
@@ -413,7 +457,7 @@ def target_gap(scores: dict, reference: dict) -> float:
     and the worst per-class recall drop / 2 pt: <= 1 means all targets are met, lower is closer to
     the float model.
     """
-    recall_drops = [reference["recall"][c] - scores["recall"][c] for c in CLASSES
+    recall_drops = [reference["recall"][c] - scores["recall"][c] for c in reference["recall"]
                     if reference["recall"][c] is not None]
     return max((reference["top1"] - scores["top1"]) / TARGETS["top1_drop"],
                (reference["macro_f1"] - scores["macro_f1"]) / TARGETS["macro_f1_drop"],
@@ -451,7 +495,7 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
         began = time.perf_counter()
         order = rng.permutation(len(images))
         fit = qmodel.fit(images[order], soft_targets[order], batch_size=batch_size, epochs=1, verbose=0)
-        scores = _val_scores(qmodel, val.images, val.labels, reference["logits"])
+        scores = _val_scores(qmodel, val.images, val.labels, reference["logits"], classes=list(reference["recall"]))
         gap = target_gap(scores, reference)
         row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]), "val_top1": scores["top1"],
                "val_macro_f1": scores["macro_f1"], "val_argmax_agreement": scores["argmax_agreement"],
@@ -479,6 +523,15 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
 # The run-folder step
 
 
+def variant_needs_4_bits(run_dir: Path, bits: int) -> bool:
+    """True when ``run_dir`` holds an Akida 1.0 variant and ``bits`` is not 4 (checked before any work)."""
+    from qana_keras.config import load_config
+
+    config_file = Path(run_dir) / "config.yaml"
+    return (bits != 4 and config_file.exists()
+            and load_config(config_file).model.variant in AKIDA_V1_SPIKE_LAYERS)
+
+
 def _calibration_indices(n: int, count: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(count, n), replace=False))
@@ -494,7 +547,7 @@ def _refuse_overwrite(paths: dict[str, Path], overwrite: bool) -> None:
 def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024, batch_size: int = 32,
                 calibration_epochs: int = 1, qat_epochs: int = 3, qat_learning_rate: float = 1e-5,
                 qat_threshold: float = MAX_PTQ_TOP1_DROP, qat_stop_when_met: bool = False, seed: int = 0,
-                overwrite: bool = False, data_config=None, log=print) -> dict:
+                overwrite: bool = False, data_config=None, spike_rate: float = 0.1, log=print) -> dict:
     """Quantize, (fine-tune,) convert and check the float model of ``run_dir``; returns conversion.json.
 
     Calibration uses ``num_calibration`` training images picked at random with ``seed``, in batches
@@ -506,12 +559,15 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     and ``qat_epochs`` > 0, quantization-aware fine-tuning runs (see ``quantization_aware_finetune``):
     all ``qat_epochs`` with the best on validation kept, or until validation meets every target with
     ``qat_stop_when_met`` (faster; on the reference run that first epoch had less margin on test). ``data_config``
-    overrides the run's data settings (tests).
+    overrides the run's data settings (tests). Akida 1.0 variants (``AKIDA_V1_SPIKE_LAYERS``, bits=4) first get
+    their spike layer tuned to fire on ``spike_rate`` of its positions (``edge.tune_spike_rate``).
     """
+    if variant_needs_4_bits(run_dir, bits):
+        raise ValueError(f"{run_dir} holds an Akida 1.0 variant, which runs 4-bit models: pass --bits 4")
     import akida
 
     from qana_keras.config import load_config
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.data.dataset import load_splits, run_classes
 
     began = time.perf_counter()
     run_dir = Path(run_dir)
@@ -530,18 +586,28 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     model = keras.models.load_model(paths["float"], compile=False)
     data = load_splits(config.data, log=log)
     train, val = data["train"], data["val"]
-    float_val = _val_scores(model, val.images, val.labels)
+    classes = run_classes(config.data)
+    float_val = _val_scores(model, val.images, val.labels, classes=classes)
     log(f"float {variant}: val top-1 {float_val['top1']:.4f}  macro-F1 {float_val['macro_f1']:.4f}")
 
     picked = _calibration_indices(len(train), num_calibration, seed)
     if len(picked) < num_calibration:
         log(f"calibrating on all {len(picked)} training images (fewer than the {num_calibration} asked)")
+    spike_tuning = None
+    to_quantize = model
+    if variant in AKIDA_V1_SPIKE_LAYERS:
+        from qana_keras.edge import tune_spike_rate
+
+        to_quantize, spike_tuning = tune_spike_rate(model, train.images[picked], AKIDA_V1_SPIKE_LAYERS[variant],
+                                                    rate=spike_rate)
+        log(f"spike layer {spike_tuning['layer']}: firing rate {spike_tuning['rate_before']:.3f} -> "
+            f"{spike_tuning['rate_after']:.3f} of positions (BN offsets shifted; target {spike_rate})")
     t0 = time.perf_counter()
-    qmodel, cut = quantize_for_akida(model, train.images[picked], variant, bits, batch_size, calibration_epochs,
+    qmodel, cut = quantize_for_akida(to_quantize, train.images[picked], variant, bits, batch_size, calibration_epochs,
                                      hardware_native=native, log=log)
     quantize_seconds = time.perf_counter() - t0
     completeness = integer_completeness(qmodel)
-    ptq_val = _val_scores(qmodel, val.images, val.labels, float_val["logits"])
+    ptq_val = _val_scores(qmodel, val.images, val.labels, float_val["logits"], classes=classes)
     gap = target_gap(ptq_val, float_val)
     log(f"{precision_tag(bits)} PTQ: val top-1 {ptq_val['top1']:.4f} "
         f"({(ptq_val['top1'] - float_val['top1']) * 100:+.2f} pt vs float)  macro-F1 {ptq_val['macro_f1']:.4f} "
@@ -568,7 +634,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
                        seconds=round(time.perf_counter() - t0, 1), **result)
         else:
             log(f"{why}, but quantization-aware fine-tuning is disabled (qat_epochs=0)")
-    final_val = _val_scores(qmodel, val.images, val.labels, float_val["logits"])
+    final_val = _val_scores(qmodel, val.images, val.labels, float_val["logits"], classes=classes)
     final_gap = target_gap(final_val, float_val)
 
     boundary = None
@@ -616,6 +682,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
                 "final_macro_f1_drop_pt": round((float_val["macro_f1"] - final_val["macro_f1"]) * 100, 3),
                 "final_target_gap": final_gap, "final_targets_met": final_gap <= 1.0},
         "qat": qat,
+        "spike_tuning": spike_tuning,
         "calibration": {"images": int(len(picked)), "requested": num_calibration,
                         "source": "train split, seeded random subset", "seed": seed,
                         "batch_size": batch_size, "epochs": calibration_epochs},

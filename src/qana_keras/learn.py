@@ -27,6 +27,7 @@ learn_<protocol>.json/.md and <variant>_learn_<protocol>.fbz.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,7 +451,8 @@ def learn_run(run_dir: str | Path, protocols=("domain", "new-class"), pad_root: 
     if classes != list(CLASSES) and set(protocols) - {"class-incremental"}:
         raise LearnError(f"{run_dir}: the domain and new-class protocols need a 7-class run; this one has {classes}")
 
-    data = data if data is not None else load_splits(run_config.data, log=log)
+    # All 7 classes' images, also for a run trained on a subset: the protocols add the classes it never saw.
+    data = data if data is not None else load_splits(dataclasses.replace(run_config.data, classes=()), log=log)
     sets = {s: (data[s].frame["image_id"].tolist(), data[s].images) for s in ("train", "test")}
     pad = None
     if set(protocols) & {"domain", "new-class"}:

@@ -64,12 +64,14 @@ def _lesion_resamples(groups: np.ndarray, n_boot: int, seed: int):
         yield np.concatenate([members[g] for g in picked])
 
 
-def bootstrap_intervals(labels, predictions, groups, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+def bootstrap_intervals(labels, predictions, groups, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                        num_classes: int = len(CLASSES)) -> dict:
     """95% intervals of top-1, balanced accuracy and macro-F1, resampling lesions (not images)."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
-    samples = {name: [] for name in METRIC_FUNCTIONS}
+    functions = {**METRIC_FUNCTIONS, "macro_f1": lambda y, p: macro_f1(y, p, num_classes)}
+    samples = {name: [] for name in functions}
     for idx in _lesion_resamples(np.asarray(groups), n_boot, seed):
-        for name, fn in METRIC_FUNCTIONS.items():
+        for name, fn in functions.items():
             samples[name].append(fn(labels[idx], predictions[idx]))
     return {name: {"low": float(np.quantile(v, alpha / 2)), "high": float(np.quantile(v, 1 - alpha / 2))}
             for name, v in samples.items()}

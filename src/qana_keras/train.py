@@ -24,7 +24,7 @@ import tf_keras as keras
 
 from qana_keras import CLASSES
 from qana_keras.config import Config, load_config
-from qana_keras.data.dataset import load_splits
+from qana_keras.data.dataset import load_splits, run_classes
 from qana_keras.data.pipeline import class_weights, make_dataset
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
 from qana_keras.metrics import bootstrap_intervals, classification_metrics, macro_f1
@@ -133,16 +133,20 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     t = config.train
     make_deterministic(t.seed)
 
+    classes = run_classes(config.data)
     data = load_splits(config.data, max_images=t.max_images, seed=t.seed, log=log)
     train_data, val_data = data["train"], data["val"]
     log("images per split: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
-    weights = class_weights(train_data.labels, len(CLASSES), t.class_weighting)
-    log("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(CLASSES, weights)))
+    if classes != CLASSES:  # read by `qana learn`: the order of the model's outputs
+        write_json(run_dir / "classes.json", {"classes": list(classes)})
+        log(f"classes (subset, output order): {', '.join(classes)}")
+    weights = class_weights(train_data.labels, len(classes), t.class_weighting)
+    log("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights)))
     steps_per_epoch = int(np.ceil(len(train_data) / t.batch_size))
 
     strategy = distribution_strategy()
     with strategy.scope():
-        model = build_model(config.model, input_size=config.data.image_size)
+        model = build_model(config.model, input_size=config.data.image_size, num_classes=len(classes))
         optimizer = build_optimizer(config, steps_per_epoch)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=t.label_smoothing))
@@ -169,14 +173,14 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     for epoch in range(state["epochs_done"], last_epoch):
         start = time.perf_counter()
         sample_weights = weights[train_data.labels]
-        ds = make_dataset(train_data.images, train_data.labels, len(CLASSES), t.batch_size, t, training=True,
+        ds = make_dataset(train_data.images, train_data.labels, len(classes), t.batch_size, t, training=True,
                           epoch=epoch, sample_weights=sample_weights)
         fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[tensorboard])
         val_logits = predict_logits(model, val_data.images)
         val_pred = val_logits.argmax(1)
         row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
                "val_top1": float(np.mean(val_pred == val_data.labels)),
-               "val_macro_f1": macro_f1(val_data.labels, val_pred),
+               "val_macro_f1": macro_f1(val_data.labels, val_pred, len(classes)),
                "learning_rate": float(optimizer.learning_rate),
                "seconds": round(time.perf_counter() - start, 1)}
         improved = row["val_macro_f1"] > state["best_val_macro_f1"]
@@ -209,10 +213,10 @@ def evaluate_run(run_dir: Path, config: Config, data, state: dict, log=print) ->
     for split in ("val", "test"):
         split_data = data[split]
         logits = predict_logits(model, split_data.images)
-        metrics = classification_metrics(split_data.labels, logits)
+        metrics = classification_metrics(split_data.labels, logits, classes=run_classes(config.data))
         metrics["bootstrap_95"] = bootstrap_intervals(split_data.labels, logits.argmax(1),
                                                       split_data.frame["lesion_id"].to_numpy(), n_boot=1000,
-                                                      seed=config.train.seed)
+                                                      seed=config.train.seed, num_classes=logits.shape[1])
         out[split] = metrics
         plot_confusion_matrix(metrics, run_dir / f"confusion_{split}.png", title=f"{config.model.variant} {split}")
         plot_per_class(metrics, run_dir / f"per_class_{split}.png", title=f"{config.model.variant} {split}")

@@ -15,11 +15,21 @@ from qana_keras.data.cache import load_cached_images
 @dataclass
 class SplitData:
     images: np.ndarray  # (N, S, S, 3) uint8
-    labels: np.ndarray  # (N,) int, index into CLASSES
+    labels: np.ndarray  # (N,) int, index into the run's classes (CLASSES unless data.classes is set)
     frame: pd.DataFrame  # metadata rows (image_id, lesion_id, dx, ...), aligned with images
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def run_classes(config: DataConfig) -> tuple[str, ...]:
+    """The output classes of a run: ``data.classes`` (a subset, in output order) or all of CLASSES."""
+    classes = tuple(getattr(config, "classes", ()) or CLASSES)
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ValueError(f"data.classes={list(classes)}: name at least 2 distinct classes from {', '.join(CLASSES)}"
+                         + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
+    return classes
 
 
 def _subset(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
@@ -35,8 +45,10 @@ def _subset(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
 def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=print) -> dict[str, SplitData]:
     """Validate the metadata, check the split file against it, and return train/val/test arrays.
 
-    ``max_images`` > 0 keeps a class-stratified subset of each split (quick runs).
+    ``max_images`` > 0 keeps a class-stratified subset of each split (quick runs). With ``config.classes``
+    only those classes' images are kept and labels index that list.
     """
+    classes = run_classes(config)
     meta = ham10000.load_metadata(config.data_dir)
     split = splits.read_split(config.split_file, meta=meta)
     meta = meta.merge(split[["image_id", "split"]], on="image_id", validate="one_to_one")
@@ -47,10 +59,11 @@ def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=prin
         from qana_keras.crop import load_cached_crops
 
         images = load_cached_crops(meta, config, name="ham10000", log=log)
-    class_index = {name: i for i, name in enumerate(CLASSES)}
+    class_index = {name: i for i, name in enumerate(classes)}
     out = {}
     for name in splits.SPLITS:
-        frame = _subset(meta[meta["split"] == name], max_images, seed)
+        frame = meta[(meta["split"] == name) & meta["dx"].isin(classes)]
+        frame = _subset(frame, max_images, seed)
         rows = frame.index.to_numpy()
         out[name] = SplitData(images[rows], frame["dx"].map(class_index).to_numpy(np.int64),
                               frame.reset_index(drop=True))

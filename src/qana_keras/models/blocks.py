@@ -127,6 +127,19 @@ def se_gated(x, name: str, ratio: int = 16):
     return layers.Multiply(name=f"{name}/gate")([x, s])
 
 
+def separable_bn_act(x, filters: int, name: str, pool: bool = True, max_value: float = 6.0):
+    """Fused SeparableConv2D 3x3 -> (max-pool 2x2) -> BN -> bounded ReLU: one Akida 1.0 layer.
+
+    Akida 1.0 runs a separable conv only fused (Akida 2.0 only unfused), and pools inside the layer,
+    before the BN (the order akida_models uses for v1 blocks).
+    """
+    x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}/sep")(x)
+    if pool:
+        x = layers.MaxPool2D(2, padding="same", name=f"{name}/pool")(x)
+    x = layers.BatchNormalization(name=f"{name}/BN")(x)
+    return layers.ReLU(max_value=max_value, name=f"{name}/relu")(x)
+
+
 def plain_stage(x, filters: int, name: str):
     """Conv 3x3 -> BN -> ReLU6 -> max-pool 2x2: one stage of the plain CNN baseline (one Akida layer)."""
     x = conv_bn_act(x, filters, name)

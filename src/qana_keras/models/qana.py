@@ -106,5 +106,33 @@ def build_qana_paper(config: ModelConfig, input_size: int = 64, num_classes: int
     return keras.Model(inputs, outputs, name="qana_paper")
 
 
+SPIKE_LAYER = "spike/relu"
+"""The 1-bit spike layer of ``qana-akd1000``: its binary output is what Akida 1.0 on-chip learning reads."""
+
+
+@register("qana-akd1000")
+def build_qana_akd1000(config: ModelConfig, input_size: int = 64, num_classes: int = len(CLASSES)) -> keras.Model:
+    """The closest QANA that runs on Akida 1.0 (AKD1000) and learns on the chip.
+
+    Akida 1.0 has no Add, Concatenate or unfused depthwise conv, so the Ghost blocks, residuals and
+    the additive SA-ECA/SE of ``qana`` are gone: stem conv, then per stage one fused separable conv
+    3x3 -> max-pool -> BN -> ReLU6 (same widths), then the spike transform as a fused separable conv
+    -> BN -> ReLU1 quantized to **1 bit** (``SPIKE_LAYER``) and a Flatten -> Dense head for training.
+    On the chip that head is replaced by an ``akida.FullyConnected`` layer trained with
+    ``AkidaUnsupervised`` (qana_keras.edge). Quantized to 4 bits (8-bit first layer); the default
+    widths map on ``akida.AKD1000()`` in one hardware pass (74 of 78 NPs at 64x64).
+    """
+    if input_size % (2 ** len(config.widths)):
+        raise ValueError(f"input size {input_size} is not divisible by 2**{len(config.widths)} (one pool per stage)")
+    inputs = keras.Input((input_size, input_size, 3), name="image", dtype="uint8")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = blocks.conv_bn_act(x, config.stem_filters, "stem")
+    for i, width in enumerate(config.widths, start=1):
+        x = blocks.separable_bn_act(x, width, f"stage{i}")
+    x = blocks.separable_bn_act(x, config.widths[-1], SPIKE_LAYER.split("/")[0], pool=False, max_value=1.0)
+    outputs = blocks.classifier_head(x, num_classes, config.dropout)
+    return keras.Model(inputs, outputs, name="qana_akd1000")
+
+
 # Baselines register themselves into MODEL_BUILDERS on import (kept in their own file).
 from qana_keras.models import baselines  # noqa: E402,F401
