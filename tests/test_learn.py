@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import write_pad_ufes_fixture, write_run_fixture
+from fixtures import TINY_QANA, write_pad_ufes_fixture, write_run_fixture
 from test_convert import QUIET, random_images, tiny_model
 
 from qana_keras import CLASSES
@@ -135,11 +135,42 @@ def test_class_incremental_protocol_on_features():
     half = np.arange(len(y)) % 2 == 0
     features, labels = {"train": x[half], "test": x[~half]}, {"train": y[half], "test": y[~half]}
     base = [c for c in CLASSES if c not in ("vasc", "df")]
-    rows = class_incremental(features, labels, base, LearnConfig(C=1.0), shots=(5, 0))
+    rows, (readout, kernel, bias) = class_incremental(features, labels, base, LearnConfig(C=1.0), shots=(5, 0))
     assert [(r["shots"], r["step"]) for r in rows] == [(5, "+vasc"), (5, "+df"), ("all", "+vasc"), ("all", "+df")]
     assert [r["train_images_new_class"] for r in rows] == [5, 5, 15, 15]
     for r in rows:
         assert r["new_class_recall"] > 0.8 and r["base_accuracy_before"] > 0.9 and 0 <= r["base_accuracy_after"] <= 1
+    # The last step's integer readout (what is written to the chip) decides like its float fit.
+    assert readout.weights.shape == (x.shape[1], K)
+    float_pred = (features["test"] @ kernel + bias).argmax(1)
+    assert np.mean(readout.logits(features["test"]).argmax(1) == float_pred) > 0.97
+
+
+def test_class_incremental_run_writes_the_last_step_into_the_akida_model(tmp_path):
+    """A 5-class backbone (classes.json) gets vasc and df; the written 7-unit model matches the emulation."""
+    import akida
+
+    from qana_keras.config import ModelConfig
+    from qana_keras.convert import quantize_for_akida, to_akida
+    from qana_keras.learn import learn_run
+    from qana_keras.models.qana import build_model
+
+    base = ["akiec", "bcc", "bkl", "mel", "nv"]
+    run, _, _ = write_run_fixture(tmp_path, 5, size=(48, 36), image_size=16)
+    five = build_model(ModelConfig(**TINY_QANA), input_size=16, num_classes=len(base))
+    qmodel, _ = quantize_for_akida(five, random_images(32), "qana", batch_size=16, **QUIET)
+    to_akida(qmodel, strict=True, variant="qana", **QUIET).save(str(run / "qana.fbz"))
+    write_json(run / "classes.json", {"classes": base})
+    result = learn_run(run, protocols=("class-incremental",), config=LearnConfig(C=1.0, verify_ham=-1), batch_size=16,
+                       **QUIET)["class-incremental"]
+    assert read_json(run / "learn_class-incremental.json") == result
+    assert "| shots | step |" in (run / "learn_class-incremental.md").read_text()
+    assert [r["step"] for r in result["rows"]] == ["+vasc", "+df"] * 4
+    written = akida.Model(str(run / "qana_learn_class-incremental.fbz"))
+    assert list(written.output_shape) == [1, 1, K]
+    for check in result["akida_end_to_end_checks"].values():
+        assert check["argmax_agreement_vs_integer_emulation"] == 1.0
+        assert check["max_abs_logit_diff_vs_integer_emulation"] < 1e-4
 
 
 # --------------------------------------------------------------------------------------------------

@@ -282,15 +282,11 @@ def markdown(result: dict) -> str:
              f"learning competition {result['config']['learning_competition']}.", ""]
     ci = result["protocols"].get("class-incremental")
     if ci:
+        from qana_keras.learn import class_incremental_table
+
         lines += [f"## Class-incremental (base {', '.join(ci['base_classes'])}: test accuracy "
                   f"{ci['base_test']['accuracy'] * 100:.2f}, macro-F1 {ci['base_test']['macro_f1'] * 100:.2f})", "",
-                  "| shots | step | new-class recall | accuracy (known classes) | macro-F1 (known) | base accuracy "
-                  "before -> after |", "|---|---|---:|---:|---:|---|"]
-        for r in ci["rows"]:
-            lines.append(f"| {r['shots']} | {r['step']} | {r['new_class_recall'] * 100:.1f} | "
-                         f"{r['accuracy_known'] * 100:.2f} | {r['macro_f1_known'] * 100:.2f} | "
-                         f"{r['base_accuracy_before'] * 100:.2f} -> {r['base_accuracy_after'] * 100:.2f} |")
-        lines.append("")
+                  class_incremental_table(ci["rows"]), ""]
     for key in ("domain", "new-class"):
         p = result["protocols"].get(key)
         if not p:

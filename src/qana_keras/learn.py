@@ -367,13 +367,14 @@ def _check_classes(run_dir: Path, n_outputs: int) -> list[str]:
 
 
 def class_incremental(features: dict, labels: dict, base: list[str], config: LearnConfig,
-                      steps=INCREMENTAL_STEPS, shots=SHOTS) -> list[dict]:
-    """Host-side protocol on HAM10000 features of a backbone trained on ``base`` classes only.
+                      steps=INCREMENTAL_STEPS, shots=SHOTS) -> tuple[list[dict], tuple]:
+    """Protocol on HAM10000 Akida features of a backbone trained on ``base`` classes only.
 
     For each shot count k (0 = all), step by step add each class of ``steps`` with k training images
     (seeded draw) while replaying every training feature of the classes already known; evaluate on
-    the test images of the known classes. Returns one row per (k, step) with the new class recall,
-    macro-F1 and the accuracy on the base classes (before: the base readout; after: this step).
+    the test images of the known classes with the integer readout the chip would run
+    (``quantize_readout``, emulated exactly). Returns (one row per (k, step) with the new class recall,
+    macro-F1 and the accuracy on the base classes before/after, (readout, kernel, bias) of the last step).
     """
     index = {c: i for i, c in enumerate(CLASSES)}
     rng_seed = config.seed
@@ -381,10 +382,13 @@ def class_incremental(features: dict, labels: dict, base: list[str], config: Lea
     train_x, train_y = features["train"], labels["train"]
     test_x, test_y = features["test"], labels["test"]
     base_idx = [index[c] for c in base]
+    max_feature = int(train_x.max()) or 127
     base_kernel, base_bias = refit([(train_x[np.isin(train_y, base_idx)], train_y[np.isin(train_y, base_idx)], 1.0)],
                                    len(CLASSES), config)
     base_test = np.isin(test_y, base_idx)
-    base_acc_before = float(np.mean((test_x[base_test] @ base_kernel + base_bias).argmax(1) == test_y[base_test]))
+    base_logits = quantize_readout(base_kernel, base_bias, max_feature=max_feature).logits(test_x[base_test])
+    base_logits[:, np.setdiff1d(np.arange(len(CLASSES)), base_idx)] = -np.inf
+    base_acc_before = float(np.mean(base_logits.argmax(1) == test_y[base_test]))
     for k in shots:
         known, parts = list(base_idx), [(train_x[np.isin(train_y, base_idx)], train_y[np.isin(train_y, base_idx)], 1.0)]
         rng = np.random.default_rng(rng_seed)
@@ -395,8 +399,9 @@ def class_incremental(features: dict, labels: dict, base: list[str], config: Lea
             parts.append((train_x[pick], train_y[pick], 1.0))
             known.append(c)
             kernel, bias = refit(parts, len(CLASSES), config)
+            readout = quantize_readout(kernel, bias, max_feature=max_feature)
             mask = np.isin(test_y, known)
-            logits = test_x[mask] @ kernel + bias
+            logits = readout.logits(test_x[mask])
             logits[:, np.setdiff1d(np.arange(len(CLASSES)), known)] = -np.inf
             pred, truth = logits.argmax(1), test_y[mask]
             from qana_keras.metrics import macro_f1
@@ -409,7 +414,18 @@ def class_incremental(features: dict, labels: dict, base: list[str], config: Lea
                          "base_accuracy_before": base_acc_before,
                          "base_accuracy_after": float(np.mean(pred[np.isin(truth, base_idx)]
                                                               == truth[np.isin(truth, base_idx)]))})
-    return rows
+    return rows, (readout, kernel, bias)
+
+
+def class_incremental_table(rows: list[dict]) -> str:
+    """Markdown table of class-incremental rows (one per shot count and step); shared with qana_keras.edge."""
+    lines = ["| shots | step | new-class recall | accuracy (known classes) | macro-F1 (known) | base accuracy "
+             "before -> after |", "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['shots']} | {r['step']} | {r['new_class_recall'] * 100:.1f} | "
+                     f"{r['accuracy_known'] * 100:.2f} | {r['macro_f1_known'] * 100:.2f} | "
+                     f"{r['base_accuracy_before'] * 100:.2f} -> {r['base_accuracy_after'] * 100:.2f} |")
+    return "\n".join(lines)
 
 
 def learn_run(run_dir: str | Path, protocols=("domain", "new-class"), pad_root: str | Path | None = None,
@@ -468,9 +484,25 @@ def learn_run(run_dir: str | Path, protocols=("domain", "new-class"), pad_root: 
     results = {}
 
     if "class-incremental" in protocols:
-        rows = class_incremental({s: features[s] for s in ("train", "test")}, ham_y, classes, config)
+        rows, (readout, kernel, bias) = class_incremental({s: features[s] for s in ("train", "test")}, ham_y,
+                                                          classes, config)
+        # The last step (all images of vasc and df) written into the Akida model and run end to end.
+        written = write_readout(model, readout)
+        n_ham = len(features["test"]) if config.verify_ham < 0 else min(config.verify_ham, len(features["test"]))
+        _, checks = verify_written(written, readout, (kernel, bias),
+                                   {f"ham_test_first_{n_ham}": (data["test"].images[:n_ham], features["test"][:n_ham])},
+                                   batch_size, log)
+        with atomic_path(outputs["class-incremental"]["akida"]) as tmp:
+            written.save(str(tmp))
         result = {"protocol": "class-incremental", "base_classes": classes, "rows": rows,
-                  "note": "host readout on Akida backbone features; see learn.py"}
+                  "metrics_from": "the exact integer emulation of each step's Dense1D (IntegerReadout.logits) on "
+                                  "the Akida backbone features",
+                  "written_model": outputs["class-incremental"]["akida"].name,
+                  "written_model_row": "shots all, +df", "akida_end_to_end_checks": checks}
+        atomic_write_text(outputs["class-incremental"]["md"],
+                          f"# {variant}: class-incremental readout updates (base: {', '.join(classes)})\n\n"
+                          "Akida backbone features, host refit, integer readout (exact emulation); the last step is "
+                          f"written into {result['written_model']}.\n\n" + class_incremental_table(rows) + "\n")
         write_json(outputs["class-incremental"]["json"], result)
         results["class-incremental"] = result
 
