@@ -57,7 +57,7 @@ def edge_run(tmp_path_factory):
     from qana_keras.convert import convert_run
 
     root = tmp_path_factory.mktemp("edge")
-    run, config = make_tiny_run(root, variant="qana-akd1000", epochs=6, size=32,
+    run, config = make_tiny_run(root, variant="qana-akd1000", epochs=2, size=32,
                                 classes=("akiec", "bcc", "bkl", "mel", "nv"))
     assert load_config(run / "config.yaml").data.classes == ("akiec", "bcc", "bkl", "mel", "nv")
     convert_run(run, bits=4, num_calibration=64, batch_size=16, qat_epochs=0, **QUIET)
@@ -74,6 +74,8 @@ def test_edge_learning_protocols_end_to_end(edge_run):
     assert (run / "edge_learning.md").read_text().startswith("# Akida 1.0 on-chip learning")
     assert result["mapping"]["single_pass"] and result["mapping"]["device"] == "AKD1000"
     assert result["mean_spikes"] >= 1 and result["num_weights"] >= 1
+    assert result["trained_head_test"]["classes"] == ["akiec", "bcc", "bkl", "mel", "nv"]
+    assert 0.0 <= result["trained_head_test"]["accuracy"] <= 1.0
     ci = result["protocols"]["class-incremental"]
     assert ci["chip_class_order"] == ["akiec", "bcc", "bkl", "mel", "nv", "vasc", "df"]
     assert [(r["shots"], r["step"]) for r in ci["rows"]] == [(2, "+vasc"), (2, "+df"), ("all", "+vasc"), ("all", "+df")]
