@@ -39,8 +39,8 @@ def build_model(config: ModelConfig, input_size: int = 64, num_classes: int = le
     return builder(config, input_size=input_size, num_classes=num_classes)
 
 
-def _backbone(config: ModelConfig, input_size: int, attention: str, attention_stages):
-    """Input uint8 pixels -> Rescaling -> stem -> 4 QANA stages. Returns (inputs, features)."""
+def _stem(config: ModelConfig, input_size: int):
+    """Input uint8 pixels -> Rescaling -> stem conv, after checking the size fits one pool per stage."""
     if not config.widths:
         raise ValueError("model.widths must name at least one stage width")
     if input_size % (2 ** len(config.widths)):
@@ -48,7 +48,12 @@ def _backbone(config: ModelConfig, input_size: int, attention: str, attention_st
     inputs = keras.Input((input_size, input_size, 3), name="image", dtype="uint8")
     # The scale folds into the first Akida layer, which then reads raw 0..255 pixels.
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    x = blocks.conv_bn_act(x, config.stem_filters, "stem")
+    return inputs, blocks.conv_bn_act(x, config.stem_filters, "stem")
+
+
+def _backbone(config: ModelConfig, input_size: int, attention: str, attention_stages):
+    """Input uint8 pixels -> Rescaling -> stem -> 4 QANA stages. Returns (inputs, features)."""
+    inputs, x = _stem(config, input_size)
     for i, width in enumerate(config.widths, start=1):
         stage_attention = attention if i in attention_stages else "none"
         x = blocks.qana_stage(x, width, f"stage{i}", config.ghost_ratio, stage_attention)
@@ -122,11 +127,7 @@ def build_qana_akd1000(config: ModelConfig, input_size: int = 64, num_classes: i
     ``AkidaUnsupervised`` (qana_keras.edge). Quantized to 4 bits (8-bit first layer); the default
     widths map on ``akida.AKD1000()`` in one hardware pass (74 of 78 NPs at 64x64).
     """
-    if input_size % (2 ** len(config.widths)):
-        raise ValueError(f"input size {input_size} is not divisible by 2**{len(config.widths)} (one pool per stage)")
-    inputs = keras.Input((input_size, input_size, 3), name="image", dtype="uint8")
-    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    x = blocks.conv_bn_act(x, config.stem_filters, "stem")
+    inputs, x = _stem(config, input_size)
     for i, width in enumerate(config.widths, start=1):
         x = blocks.separable_bn_act(x, width, f"stage{i}")
     x = blocks.separable_bn_act(x, config.widths[-1], SPIKE_LAYER.split("/")[0], pool=False, max_value=1.0)
