@@ -307,3 +307,13 @@ def test_paired_comparisons_against_the_first_evaluation():
     assert "against m / float / ham10000-test" in text
     assert f"| m / akida / ham10000-test | {fmt_diff(diff['top1'])} |" in text and "**+" in text
     assert paired_comparisons({"m__float__ham10000-test": a}, "ham10000-test") == ""
+
+
+def test_class_subset_models_are_left_out_of_the_7_class_report(tmp_path):
+    from qana_keras.report import discover_models
+
+    for name in ("qana", "qana-5class"):
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "metrics.json", {"test": {}})
+    write_json(tmp_path / "qana-5class" / "classes.json", {"classes": ["akiec", "bcc", "bkl", "mel", "nv"]})
+    assert discover_models(tmp_path) == [tmp_path / "qana"]

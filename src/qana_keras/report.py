@@ -116,11 +116,15 @@ def _read(path: Path) -> dict | None:
 
 
 def discover_models(models_dir: str | Path) -> list[Path]:
-    """Folders of ``models_dir`` that hold a training ``metrics.json``, sorted by name."""
+    """Folders of ``models_dir`` that hold a training ``metrics.json``, sorted by name.
+
+    A model trained on a class subset (``classes.json``: the class-incremental backbones) is left out:
+    the report's tables are over all 7 HAM10000 classes; those folders carry their own Markdown reports.
+    """
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         raise ReportError(f"models folder {models_dir} not found")
-    return sorted(p.parent for p in models_dir.glob("*/metrics.json"))
+    return sorted(p.parent for p in models_dir.glob("*/metrics.json") if not (p.parent / "classes.json").exists())
 
 
 def model_summary(model_dir: Path) -> dict:
