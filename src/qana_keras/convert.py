@@ -76,7 +76,7 @@ def quantization_params(bits: int, akida_v1: bool = False):
 
     precision_tag(bits)  # validates
     if akida_v1 and bits != 4:
-        raise ValueError("Akida 1.0 runs 4-bit models: use bits=4")
+        raise ValueError("Akida 1.0 runs 4-bit models: pass --bits 4 (bits=4)")
     if bits == 8:
         return QuantizationParams()
     return QuantizationParams(weight_bits=4, activation_bits=4, input_weight_bits=8, per_tensor_activations=akida_v1)
@@ -298,10 +298,8 @@ def quantize_for_akida(model: keras.Model, samples: np.ndarray, variant: str, bi
             cut = None  # the whole model quantizes: no host tail
         else:
             log(f"{variant} is not hardware-native: Akida prefix up to '{cut}', float tail on the host")
-    spike = AKIDA_V1_SPIKE_LAYERS.get(variant)
-    if spike and bits != 4:
-        raise ValueError(f"{variant} targets Akida 1.0, which runs 4-bit models: pass --bits 4 (bits=4)")
-    qmodel = quantize_model(model, samples, bits, batch_size, epochs, quantize_until=cut, spike_layer=spike, log=log)
+    qmodel = quantize_model(model, samples, bits, batch_size, epochs, quantize_until=cut,
+                            spike_layer=AKIDA_V1_SPIKE_LAYERS.get(variant), log=log)
     if native:
         check_hardware_native(qmodel, variant)
     return qmodel, cut

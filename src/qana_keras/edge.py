@@ -207,8 +207,6 @@ def class_incremental(model_path: Path, work: Path, data, base: list[str], num_w
     base_pred = predict(model, test.images[known], len(base), config.batch_size)
     before = scores(chip_test[known], base_pred, names)
     log(f"base classes on the HAM10000 test split: accuracy {before['accuracy']:.4f}  macro-F1 {before['macro_f1']:.4f}")
-    base_file = work / "edge_base.fbz"
-    model.save(str(base_file))
     rows = []
     for shots in config.shots:
         step_model = _snapshot(model, work / "edge_step.fbz")
@@ -230,13 +228,11 @@ def class_incremental(model_path: Path, work: Path, data, base: list[str], num_w
                          "base_accuracy_after": float(np.mean(pred[on_base] == chip_test[mask][on_base]))})
             log(f"  {shots or 'all'} shots {rows[-1]['step']}: new-class recall {rows[-1]['new_class_recall']:.3f}  "
                 f"known accuracy {now['accuracy']:.4f}  base accuracy {rows[-1]['base_accuracy_after']:.4f}")
-    base_file.unlink(missing_ok=True)
-    (work / "edge_step.fbz").unlink(missing_ok=True)
     return {"protocol": "class-incremental", "base_classes": base, "chip_class_order": names,
             "base_learned_from": int(len(picked)), "base_test": before, "rows": rows}
 
 
-def ham_then_pad(model_path: Path, work: Path, data, pad, num_weights: int, config: EdgeConfig, grow: bool,
+def ham_then_pad(model_path: Path, data, pad, num_weights: int, config: EdgeConfig, grow: bool,
                  log=print) -> dict:
     """Learn all 7 HAM10000 classes on the chip, then PAD-UFES-20 training patients (SCC as an 8th class if ``grow``)."""
     from qana_keras.learn import NEW_CLASS, patient_split
@@ -379,7 +375,7 @@ def edge_learn_run(run_dir: str | Path, protocols=PROTOCOLS, pad_root: str | Pat
             frame, images, labels = _pad_table(pad_root, run_config.data.image_size, run_config.data.cache_dir, log)
             pad = {"frame": frame, "images": images, "labels": labels}
         log(f"protocol {protocol}")
-        results[protocol] = ham_then_pad(fbz, work, data, pad, num_weights, config, protocol == "new-class", log)
+        results[protocol] = ham_then_pad(fbz, data, pad, num_weights, config, protocol == "new-class", log)
     for leftover in work.glob("*"):
         leftover.unlink()
     work.rmdir()
