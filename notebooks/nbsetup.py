@@ -23,6 +23,9 @@ import qana_keras  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras.config import Config, DataConfig, ModelConfig, load_config  # noqa: E402
 
 REFERENCE = REPO / "models" / "qana"
+AKD1000_REFERENCE = REPO / "models" / "qana-akd1000"  # the 5-class Akida 1.0 model that learns on the chip
+AKD1000_CLASSES = ("akiec", "bcc", "bkl", "mel", "nv")
+AKD1000_QUICK_SIZE = 32  # the tiny qana-akd1000 pools more than QANA: 32x32 in, as in tests/test_edge.py
 QUICK_ROOT = REPO / "runs" / "nb-quick"
 FULL_ROOT = REPO / "runs" / "nb-full"
 # Tiny widths as in the tests: the whole pipeline (quantize, convert, map) in seconds.
@@ -46,7 +49,7 @@ class Setup:
 
     @property
     def mode(self) -> str:
-        return "quick (synthetic fixture, tiny model)" if self.quick else "full (real data, models/qana)"
+        return "quick (synthetic fixture, tiny model)" if self.quick else "full (real data, committed models/)"
 
     def figure(self, name: str) -> Path:
         (self.root / "figures").mkdir(parents=True, exist_ok=True)
@@ -107,23 +110,43 @@ class Setup:
         return run
 
 
-def reference_copy(dest: Path, data: DataConfig) -> Path:
-    """A fresh copy of models/qana in ``dest``, its config pointed at ``data``.
+    def akd1000_run(self) -> Path:
+        """A converted (4-bit, Akida 1.0) qana-akd1000 run: a tiny one trained and converted on the fixture in quick
+        mode, a fresh copy of models/qana-akd1000 in full mode."""
+        run = self.root / ("run-akd1000" if self.quick else f"{self.notebook or 'notebook'}/qana-akd1000")
+        if not self.quick:
+            return reference_copy(run, self.data, AKD1000_REFERENCE)
+        if not (run / "conversion_i8_w4_a4.json").exists():
+            from qana_keras.convert import convert_run
+            from qana_keras.train import train
+
+            config = self.quick_config()
+            config.model = ModelConfig(variant="qana-akd1000", **TINY_MODEL)
+            config.data = DataConfig(**{**vars(self.data), "image_size": AKD1000_QUICK_SIZE,
+                                        "classes": AKD1000_CLASSES})
+            config.train.epochs = 2
+            train(run, config, overwrite=True)
+            convert_run(run, bits=4, num_calibration=64, batch_size=16, qat_epochs=0, overwrite=True)
+        return run
+
+
+def reference_copy(dest: Path, data: DataConfig, reference: Path = REFERENCE) -> Path:
+    """A fresh copy of a committed model folder (default models/qana) in ``dest``, its config pointed at ``data``.
 
     Fresh on every call, so artifacts a notebook writes (head.json, fidelity.json, ...) come from the
     committed model of now, never from an earlier one. The committed config.yaml names the absolute paths of
     the machine it was trained on; the copy reads this machine's data, split file and cache instead (model and
     training settings unchanged).
     """
-    if not (REFERENCE / "qana_float.h5").exists():
-        raise FileNotFoundError(f"{REFERENCE}/qana_float.h5 not found; the reference model is part of the "
+    if not (reference / "config.yaml").exists() or not list(reference.glob("*_float.h5")):
+        raise FileNotFoundError(f"{reference}: no config.yaml or float model; the reference models are part of the "
                                 "repository (models/README.md)")
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(REFERENCE, dest)
-    config = load_config(REFERENCE / "config.yaml")
-    size = config.data.image_size
-    config.data = DataConfig(**{**vars(data), "image_size": size})
+    shutil.copytree(reference, dest)
+    config = load_config(reference / "config.yaml")
+    # Keep the model's own input size and class subset; only where the data lives changes.
+    config.data = DataConfig(**{**vars(data), "image_size": config.data.image_size, "classes": config.data.classes})
     config.save(dest / "config.yaml")
     return dest
 

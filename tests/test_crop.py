@@ -253,6 +253,14 @@ def test_train_on_saliency_crops_from_the_command_line(ham, monkeypatch):
     from qana_keras.config import load_config
 
     assert load_config(root / "crop_run" / "config.yaml").data.crop_model == str(ham["model"])
+    # `qana evaluate` preprocesses as the model was trained: the same crops, so the same test figures.
+    from qana_keras.evaluate import evaluate_model
+
+    evaluation = evaluate_model(root / "crop_run" / "qana_float.h5", ham["data_dir"], split="test", n_boot=10,
+                                log=lambda *_: None)
+    assert evaluation["crop"] == "saliency" and evaluation["n_images"] == saved["test"]["n_images"]
+    assert evaluation["top1"] == pytest.approx(saved["test"]["top1"])
+    assert evaluation["macro_f1"] == pytest.approx(saved["test"]["macro_f1"])
 
 
 # --------------------------------------------------------------------------------------------------

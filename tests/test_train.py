@@ -117,3 +117,25 @@ def test_bad_class_subset_is_named(classes, message):
 
     with pytest.raises(ValueError, match=message):
         run_classes(DataConfig(classes=classes))
+
+
+def test_fine_tuning_starts_from_the_given_weights(trained, tmp_path):
+    import tf_keras as keras
+
+    from qana_keras.models.qana import build_model
+    from qana_keras.train import load_initial_weights
+
+    tmp, config, _ = trained
+    source = tmp / "run" / "qana_float.h5"
+    model = build_model(config.model, input_size=16)
+    load_initial_weights(model, source)
+    trained_model = keras.models.load_model(source, compile=False)
+    for mine, theirs in zip(model.get_weights(), trained_model.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+
+    wider = Config().model
+    wider.widths, wider.stem_filters, wider.head_channels, wider.sa_eca_stages, wider.se_ratio = (8, 32), 8, 8, (2,), 4
+    with pytest.raises(ValueError, match="same variant, widths and input size"):
+        load_initial_weights(build_model(wider, input_size=16), source)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        load_initial_weights(model, tmp_path / "missing.h5")

@@ -73,6 +73,9 @@ class TrainConfig:
     augment_color: float = 0.1  # brightness/contrast/saturation jitter amplitude; 0 disables
     augment_zoom: float = 0.1  # random crop-and-resize up to this fraction; 0 disables
     seed: int = 0
+    # Fine-tuning: start from the weights of this float model (.h5 of the same variant and input size) instead
+    # of a random initialisation; "" = from scratch.
+    init_from: str = ""
     max_images: int = 0  # 0 = all; > 0 keeps a class-stratified subset per split (quick profile)
 
 

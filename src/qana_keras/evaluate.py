@@ -1,7 +1,8 @@
 """Evaluate any saved model (.h5 float or quantized Keras, .fbz Akida) on a data set; write metrics JSON.
 
 Preprocessing is the one the model was trained with: the ``config.yaml`` beside the model gives the
-image size, and images go through the same decode/resize cache (``load_cached_images``) as training.
+image size and the crop mode, and images go through the same decode/resize cache (``load_cached_images``) or
+lesion-crop cache (``crop.load_cached_crops``) as training.
 Data layouts: HAM10000 (optionally one split of a split file), PAD-UFES-20 (clinical photos; SCC has no
 HAM class, so its images are left out of the 7-class metrics and reported apart under ``excluded``) and
 ISIC 2018 Task 3 (image folder and one-hot ground-truth CSV; each image is its own lesion unless a
@@ -179,7 +180,6 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     intervals), per class (recall and AUC with intervals), ROC curves, confusion matrix, subgroups."""
     from qana_keras.config import load_config
     from qana_keras.convert import predict_logits
-    from qana_keras.data.cache import load_cached_images
 
     began = time.perf_counter()
     model_path = Path(model_path)
@@ -191,15 +191,14 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     meta = load_dataset(data, fmt, split, split_file, ground_truth, lesion_groups)
     if meta.empty:
         raise ValueError(f"{data}: no images to evaluate" + (f" in split {split!r}" if split else ""))
-    images = load_cached_images(meta["path"].tolist(), size, cache_dir or config.data.cache_dir,
-                                name=fmt.replace("-", "_"), log=log)
+    images = model_inputs(meta, config.data, size, fmt, cache_dir, log)
     logits = predict_logits(model, images, batch_size)
     if logits.shape[1] != len(CLASSES):
         raise ValueError(f"{model_path} outputs {logits.shape[1]} values per image, not the {len(CLASSES)} classes")
     metrics = evaluation_metrics(meta, logits, fmt, group_by=group_by, n_boot=n_boot, seed=seed,
                                  min_units=min_units)
     out = {"model": str(model_path), "model_type": type(model).__name__, "data": str(data), "format": fmt,
-           "split": split, "image_size": size, **metrics,
+           "split": split, "image_size": size, "crop": config.data.crop, **metrics,
            "seconds": round(time.perf_counter() - began, 1)}
     ci = metrics["bootstrap_95"]
     log(f"{model_path.name} on {fmt}{' ' + split if split else ''} ({metrics['n_images']} images, "
@@ -208,6 +207,26 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
                     for key, name in (("top1", "top-1"), ("balanced_accuracy", "balanced acc"),
                                       ("macro_f1", "macro-F1"))))
     return out
+
+
+def model_inputs(meta, data_config, size: int, fmt: str, cache_dir=None, log=print) -> np.ndarray:
+    """The images of ``meta`` as the model was trained on them: whole frames resized to ``size``, or lesion crops
+    (``data.crop`` of its config: the saliency crop of the same crop model, or the mask crop) cut the same way."""
+    import dataclasses
+
+    from qana_keras.data.cache import load_cached_images
+
+    cache_dir = str(cache_dir or data_config.cache_dir)
+    name = fmt.replace("-", "_")
+    if data_config.crop == "none":
+        return load_cached_images(meta["path"].tolist(), size, cache_dir, name=name, log=log)
+    from qana_keras.crop import load_cached_crops
+
+    if data_config.crop == "mask" and fmt != "ham10000":
+        raise ValueError(f"the model was trained on mask crops (data.crop=mask), which need the HAM10000 lesion masks; "
+                         f"{fmt} has none: evaluate a whole-image or saliency-crop model instead")
+    return load_cached_crops(meta, dataclasses.replace(data_config, image_size=size, cache_dir=cache_dir), name=name,
+                             log=log)
 
 
 def evaluation_metrics(meta, logits: np.ndarray, fmt: str = "ham10000", group_by: str | None = None,

@@ -115,6 +115,27 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     atomic_write_text(run_dir / "history.csv", buf.getvalue())
 
 
+def load_initial_weights(model, path: str | Path) -> None:
+    """Copy the weights of the float model at ``path`` into ``model``, layer by layer (by name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: {path} not found (give a float .h5 written by `qana train`)")
+    source = keras.models.load_model(path, compile=False)
+    theirs = {layer.name: layer for layer in source.layers}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in theirs:
+            raise ValueError(f"train.init_from: {path} has no layer {layer.name!r}; it must be a model of the same "
+                             "variant and widths")
+        shapes = [w.shape for w in theirs[layer.name].get_weights()]
+        if shapes != [w.shape for w in layer.get_weights()]:
+            raise ValueError(f"train.init_from: layer {layer.name!r} of {path} has weights {shapes}, this model "
+                             f"{[tuple(w.shape) for w in layer.get_weights()]}; same variant, widths and input size "
+                             "needed")
+        layer.set_weights(theirs[layer.name].get_weights())
+
+
 def train(run_dir: str | Path, config: Config | None = None, resume: bool = False, overwrite: bool = False,
           stop_after: int | None = None, log=print) -> dict | None:
     """Train (or resume) the run in ``run_dir``; returns the metrics dictionary written to metrics.json.
@@ -151,6 +172,9 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         model.compile(optimizer=optimizer,
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=t.label_smoothing))
         rngs = dropout_generators(model)
+    if t.init_from and not resume:
+        load_initial_weights(model, t.init_from)
+        log(f"initial weights from {t.init_from}")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **rngs)
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
 
