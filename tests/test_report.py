@@ -317,3 +317,17 @@ def test_class_subset_models_are_left_out_of_the_7_class_report(tmp_path):
         write_json(tmp_path / name / "metrics.json", {"test": {}})
     write_json(tmp_path / "qana-5class" / "classes.json", {"classes": ["akiec", "bcc", "bkl", "mel", "nv"]})
     assert discover_models(tmp_path) == [tmp_path / "qana"]
+
+
+def test_hybrid_models_say_that_only_their_prefix_runs_on_akida(tmp_path):
+    """models/qana-paper: the hardware sentence names the cut and r_succ, and labels the speed as prefix + host."""
+    paper = REPO / "models" / "qana-paper"
+    models = tmp_path / "models"
+    shutil.copytree(paper, models / "qana-paper", ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:start -->\n<!-- report:end -->\n")
+    build_report(models, tmp_path / "reports", evaluate=False, ablations=[], readme=readme, **QUIET)
+    conversion = read_json(paper / "conversion.json")
+    block = readme.read_text()
+    assert f"only the prefix up to `{conversion['hybrid']['cut_after']}` runs on Akida" in block
+    assert f"r_succ {conversion['r_succ']:.3f}" in block and "software simulator + host tail" in block

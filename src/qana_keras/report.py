@@ -463,15 +463,23 @@ def _hardware_sentence(s: dict) -> str:
     d = s["smallest_device"]
     sim = (s["deploy"] or {}).get("simulator", {})
     parts = [f"`models/{s['name']}` on Akida:"]
+    hybrid = (s["conversion"] or {}).get("hybrid")
+    if hybrid:  # the figures below are then the Akida prefix's; the rest runs on the host CPU
+        c = s["conversion"]
+        parts.append(f"hybrid, only the prefix up to `{hybrid['cut_after']}` runs on Akida "
+                     f"({c.get('integer_layers')} of {c.get('counted_layers')} layers, r_succ {c.get('r_succ', 0):.3f}; "
+                     f"{hybrid.get('host_layers')} layers on the host CPU)")
     if d:
-        parts.append(f"maps in {d.get('passes', '?')} hardware pass(es) on `{d['device']}` ({d.get('nps')} of "
+        parts.append(f"{'the prefix ' if hybrid else ''}maps in {d.get('passes', '?')} hardware pass(es) on "
+                     f"`{d['device']}` ({d.get('nps')} of "
                      f"{d.get('nps_available')} NPs, program {d.get('program_bytes', 0):,} bytes)")
     else:
         parts.append("maps on none of the virtual devices tried")
     if s["macs"]:
-        parts.append(f"{s['macs'] / 1e6:.1f} M MACs per image")
+        parts.append(f"{s['macs'] / 1e6:.1f} M MACs per image{' on Akida' if hybrid else ''}")
     if sim.get("images_per_second_cpu"):
-        parts.append(f"software simulator {sim['images_per_second_cpu']:.1f} images/s on this CPU (not chip speed)")
+        parts.append(f"software simulator{' + host tail' if hybrid else ''} {sim['images_per_second_cpu']:.1f} "
+                     "images/s on this CPU (not chip speed)")
     board = (s["deploy"] or {}).get("board")
     parts.append("chip latency, power and energy: measured on " + str(board) if board else
                  "chip latency, power and energy: not measured (no Akida board)")
