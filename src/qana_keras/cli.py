@@ -217,6 +217,7 @@ def cmd_crop(args) -> int:
         report = evaluate_crops(**setup, gradcam_layer=args.layer, overlap=args.overlap, n_boot=args.n_boot,
                                 max_images=args.max_images)
         report["classifier_trained_on"] = trained_on
+        report["command"] = " ".join(["qana", *sys.argv[1:]])
         print(format_report(report, "test"))
         write_json(args.json, report)
         print(f"wrote {args.json}")
