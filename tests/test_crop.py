@@ -277,6 +277,7 @@ def test_qana_crop_writes_figures_and_overlays(ham, tmp_path):
                  "--overlays", str(tmp_path / "png"), "--per-class", "1", "--n-boot", "10"])
     assert code == 0
     report = json.loads(out.read_text())
+    assert report["command"].startswith(f"qana crop --model {ham['model']} ")
     test = report["test"]
     assert set(test["variants"]) == {"whole", "saliency_crop", "saliency_crop_tiling", "mask_crop", "centre_crop"}
     assert 0.0 <= test["tiling"]["trigger_rate"] <= 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -217,7 +218,7 @@ def cmd_crop(args) -> int:
         report = evaluate_crops(**setup, gradcam_layer=args.layer, overlap=args.overlap, n_boot=args.n_boot,
                                 max_images=args.max_images)
         report["classifier_trained_on"] = trained_on
-        report["command"] = " ".join(["qana", *sys.argv[1:]])
+        report["command"] = shlex.join(["qana", *args.argv])
         print(format_report(report, "test"))
         write_json(args.json, report)
         print(f"wrote {args.json}")
@@ -491,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that say how they were made
     from qana_keras.data.ham10000 import DatasetError
     from qana_keras.io import RunFolderError
 
