@@ -36,7 +36,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP) ## create or refresh .venv (Python 3.11, pinned BrainChip stack)
 
-test: $(STAMP) ## run the default test suite (< 15 min on 2 cores)
+test: $(STAMP) ## run the default test suite (9-28 min on 2 cores, machine-dependent)
 	$(VENV)/bin/python -m pytest
 
 test-slow: $(STAMP) ## run the slow tests (training on real data, notebooks)
