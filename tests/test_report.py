@@ -74,7 +74,7 @@ def test_planned_ablation_tables_render_not_run():
             assert row["name"] in markdown
             if row["result"] is None:
                 line = next(li for li in markdown.splitlines() if li.startswith(f"| {row['name']}"))
-                assert line.count("not run") == 9
+                assert line.count("not run") == 10
 
 
 def test_ablation_rows_from_evaluations_render_with_paired_differences(tmp_path):
@@ -89,10 +89,12 @@ def test_ablation_rows_from_evaluations_render_with_paired_differences(tmp_path)
     diff = plan["rows"][2]["result"]["paired_vs_reference"]["macro_f1"]
     assert diff["real"] and diff["low"] > 0
     assert f"**{100 * diff['difference']:+.1f} [" in row  # bold: the interval excludes zero
+    top1 = plan["rows"][2]["result"]["paired_vs_reference"]["top1"]
+    assert f"{100 * top1['difference']:+.1f} [{100 * top1['low']:+.1f}, {100 * top1['high']:+.1f}]" in row
     assert fmt_ci(better["top1"], better["bootstrap_95"]["top1"]) in row
     assert "| 90.0 | 300,000 | not measured |" in row
     assert "110.5 | 403,383 | 46 |" in markdown
-    assert next(li for li in markdown.splitlines() if li.startswith("| no SE")).count("not run") == 9
+    assert next(li for li in markdown.splitlines() if li.startswith("| no SE")).count("not run") == 10
 
     other = copy.deepcopy(better)
     other["predictions"]["image_id"] = other["predictions"]["image_id"][::-1]
