@@ -251,9 +251,20 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     assert result["macs"] == read_json(COMMITTED / "conversion.json")["akida"]["macs"]
     assert result["params"] == read_json(COMMITTED / "metrics.json")["parameters"]
     deploy = read_json(COMMITTED / "deploy.json")["virtual_devices"]
-    assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")
+    assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")  # its one-pass device
+    assert next(d for d in deploy if d["device"] == "TwelveNodesIPv2")["passes"] == 1
     assert result["paired_vs_reference"]["top1"]["real"]
     assert "not run" in render_ablation(load_ablation(table))  # the other rows stay empty
+
+    run = tmp_path / "multi_pass"  # a smaller device that needs several passes does not count as its NPs
+    run.mkdir()
+    for name in ("metrics.json", "conversion.json"):
+        shutil.copy(COMMITTED / name, run / name)
+    smaller = {"device": "TwoNodesIPv2", "ok": True, "passes": 4, "nps": 7, "nps_available": 8}
+    write_json(run / "deploy.json", {**read_json(COMMITTED / "deploy.json"), "virtual_devices": [smaller, *deploy]})
+    assert main([*args, "--row", "no SA-ECA", "--run", str(run), "--reference", str(tmp_path / "ref.json")]) == 0
+    result = next(r for r in load_ablation(table)["rows"] if r["name"] == "no SA-ECA")["result"]
+    assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")
 
 
 @pytest.mark.slow

@@ -140,15 +140,18 @@ def model_summary(model_dir: Path) -> dict:
     if conversion:
         artifacts.update({k: v for k, v in conversion.get("artifacts", {}).items() if k in ("quantized", "akida")})
     artifacts = {k: v for k, v in artifacts.items() if (model_dir / v).is_file()}
-    mapped = None
+    mapped = one_pass = None
     if deploy:
         ok = [d for d in deploy.get("virtual_devices", []) if d.get("ok") and d.get("device") != "compute_min_device"]
         mapped = min(ok, key=lambda d: d.get("nps_available", 1e9)) if ok else None
+        one_pass = [d for d in ok if d.get("passes") == 1]
+        one_pass = min(one_pass, key=lambda d: d.get("nps_available", 1e9)) if one_pass else None
     source = (model_dir / "SOURCE").read_text().strip() if (model_dir / "SOURCE").is_file() else None
     return {"name": model_dir.name, "dir": str(model_dir), "variant": variant, "source": source,
             "metrics": metrics, "conversion": conversion, "deploy": deploy, "fidelity": fidelity, "bench": bench,
             "artifacts": artifacts, "parameters": metrics.get("parameters"),
-            "macs": (conversion or {}).get("akida", {}).get("macs"), "smallest_device": mapped}
+            "macs": (conversion or {}).get("akida", {}).get("macs"), "smallest_device": mapped,
+            "smallest_one_pass_device": one_pass}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,7 +326,8 @@ def fill_ablation_row(table_path: str | Path, row: str, evaluation_path: str | P
                       n_boot: int = 1000) -> dict:
     """Write the ``result`` of row ``row`` of the ablation table at ``table_path`` from a ``qana evaluate``
     JSON (and the reference row's, unless ``row`` is the reference). MACs, parameters and NPs come from
-    ``run_dir`` (default: the folder of the evaluated model): conversion.json, metrics.json, deploy.json;
+    ``run_dir`` (default: the folder of the evaluated model): conversion.json, metrics.json, deploy.json (NPs of the
+    smallest standard device that runs it in one pass);
     those absent stay null ("not measured"). Returns the row."""
     table_path = Path(table_path)
     data = load_ablation(table_path)
@@ -341,10 +345,10 @@ def fill_ablation_row(table_path: str | Path, row: str, evaluation_path: str | P
     if not is_reference and reference is None:
         raise ReportError(f"reference evaluation {reference_path} not found")
     run_dir = Path(run_dir) if run_dir else Path(evaluation["model"]).parent
-    summary = {"macs": None, "parameters": None, "smallest_device": None}
+    summary = {"macs": None, "parameters": None, "smallest_one_pass_device": None}
     if (run_dir / "metrics.json").is_file():
         summary = model_summary(run_dir)
-    device = summary["smallest_device"]
+    device = summary["smallest_one_pass_device"]  # the NPs of a one-pass mapping, as in the hardware-cost table
     result = ablation_result(evaluation, reference, macs=summary["macs"], params=summary["parameters"],
                              nps=device["nps"] if device else None, source=str(evaluation_path), n_boot=n_boot)
     data["rows"][names.index(row)]["result"] = result
