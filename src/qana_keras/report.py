@@ -127,6 +127,11 @@ def discover_models(models_dir: str | Path) -> list[Path]:
     return sorted(p.parent for p in models_dir.glob("*/metrics.json") if not (p.parent / "classes.json").exists())
 
 
+def _smallest_device(devices: list[dict]) -> dict | None:
+    """The standard virtual device with the fewest NPs available, or None."""
+    return min(devices, key=lambda d: d.get("nps_available", 1e9)) if devices else None
+
+
 def model_summary(model_dir: Path) -> dict:
     """The figures a report needs from one model folder's JSON files (None where a file is absent)."""
     metrics = _read(model_dir / "metrics.json")
@@ -140,12 +145,10 @@ def model_summary(model_dir: Path) -> dict:
     if conversion:
         artifacts.update({k: v for k, v in conversion.get("artifacts", {}).items() if k in ("quantized", "akida")})
     artifacts = {k: v for k, v in artifacts.items() if (model_dir / v).is_file()}
-    mapped = one_pass = None
-    if deploy:
-        ok = [d for d in deploy.get("virtual_devices", []) if d.get("ok") and d.get("device") != "compute_min_device"]
-        mapped = min(ok, key=lambda d: d.get("nps_available", 1e9)) if ok else None
-        one_pass = [d for d in ok if d.get("passes") == 1]
-        one_pass = min(one_pass, key=lambda d: d.get("nps_available", 1e9)) if one_pass else None
+    ok = [d for d in (deploy or {}).get("virtual_devices", [])
+          if d.get("ok") and d.get("device") != "compute_min_device"]
+    mapped = _smallest_device(ok)
+    one_pass = _smallest_device([d for d in ok if d.get("passes") == 1])
     source = (model_dir / "SOURCE").read_text().strip() if (model_dir / "SOURCE").is_file() else None
     return {"name": model_dir.name, "dir": str(model_dir), "variant": variant, "source": source,
             "metrics": metrics, "conversion": conversion, "deploy": deploy, "fidelity": fidelity, "bench": bench,
