@@ -176,3 +176,18 @@ def write_run_fixture(root: Path, n_lesions_per_class: int, size: tuple[int, int
     run.mkdir()
     config.save(run / "config.yaml")
     return run, config, data_dir
+
+
+QUIET = dict(log=lambda *_: None)
+
+
+def tiny_model(variant: str = "qana", size: int = 16):
+    """An untrained tiny-width model of ``variant`` at ``size`` x ``size``."""
+    from qana_keras.config import ModelConfig
+    from qana_keras.models.qana import build_model
+
+    return build_model(ModelConfig(variant=variant, **TINY_QANA), input_size=size)
+
+
+def random_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import write_run_fixture
+from fixtures import QUIET, random_images, write_run_fixture
 from sklearn.metrics import balanced_accuracy_score, f1_score
-from test_convert import QUIET, random_images, tiny_model
 
 from qana_keras import CLASSES
 from qana_keras.calibrate import (add_offsets_to_quantized, add_to_dense_bias, fit_offsets, fit_temperature,
@@ -82,15 +81,8 @@ def test_temperature_recovers_overconfidence_and_lowers_ece():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    import tf_keras
-
-    from qana_keras.convert import quantize_for_akida, to_akida
-
-    tf_keras.utils.set_random_seed(0)  # untrained weights: the same model every run, so the tolerances hold every run
-    model = tiny_model()
-    qmodel, _ = quantize_for_akida(model, random_images(32), "qana", batch_size=16, **QUIET)
-    return model, qmodel, to_akida(qmodel, strict=True, variant="qana", **QUIET)
+def tiny(tiny_qana):
+    return tiny_qana.model, tiny_qana.qmodel, tiny_qana.akida()
 
 
 def test_offsets_fold_into_the_float_head_exactly(tiny):
@@ -128,18 +120,16 @@ def test_offsets_reach_the_akida_dense_bias(tiny):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny):
-    """A run folder with an untrained tiny QANA converted without training (seconds, not minutes)."""
-    from qana_keras.convert import quantize_for_akida, to_akida
+def tiny_run(tmp_path_factory, tiny_qana):
+    """A run folder holding the untrained tiny QANA and its conversion (no training: seconds, not minutes)."""
+    import shutil
+
     from qana_keras.io import write_json
-    from qana_keras.models.qana import build_model
 
     run, config, _ = write_run_fixture(tmp_path_factory.mktemp("calibrate"), 6, size=(48, 36), image_size=16)
-    model = build_model(config.model, input_size=16)
-    model.save(run / "qana_float.h5", save_format="h5")
-    qmodel, _ = quantize_for_akida(model, random_images(32), "qana", batch_size=16, **QUIET)
-    qmodel.save(run / "qana_i8_w8_a8.h5", include_optimizer=False, save_format="h5")
-    to_akida(qmodel, strict=True, variant="qana", **QUIET).save(str(run / "qana.fbz"))
+    tiny_qana.model.save(run / "qana_float.h5", save_format="h5")
+    tiny_qana.qmodel.save(run / "qana_i8_w8_a8.h5", include_optimizer=False, save_format="h5")
+    shutil.copy(tiny_qana.fbz, run / "qana.fbz")
     write_json(run / "conversion.json", {"hybrid": None, "precision": "i8_w8_a8", "artifacts": {"akida": "qana.fbz"},
                                          "calibration": {"images": 16, "seed": 0, "batch_size": 16, "epochs": 1}})
     return run

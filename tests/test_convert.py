@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import TINY_QANA as TINY, write_ham10000_fixture
+from fixtures import QUIET, TINY_QANA as TINY, random_images, tiny_model, write_ham10000_fixture
 
 from qana_keras import CLASSES
 from qana_keras.config import Config, ModelConfig
@@ -12,17 +12,6 @@ from qana_keras.convert import (ConversionError, HybridModel, check_hardware_nat
                                 quantize_for_akida, quantize_model, tail_model, target_gap, to_akida)
 from qana_keras.data import ham10000, splits
 from qana_keras.io import RunFolderError, read_json
-from qana_keras.models.qana import build_model
-
-QUIET = dict(log=lambda *_: None)
-
-
-def tiny_model(variant: str = "qana", size: int = 16):
-    return build_model(ModelConfig(variant=variant, **TINY), input_size=size)
-
-
-def random_images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
 def make_tiny_run(root, variant: str = "qana", epochs: int = 1, size: int = 32, classes: tuple[str, ...] = ()):
@@ -48,17 +37,9 @@ def make_tiny_run(root, variant: str = "qana", epochs: int = 1, size: int = 32, 
 # Hardware-native QANA
 
 
-@pytest.fixture(scope="module")
-def tiny_qana():
-    model = tiny_model("qana")
-    samples = random_images(64)
-    qmodel, cut = quantize_for_akida(model, samples, "qana", batch_size=16, **QUIET)
-    return model, qmodel, cut, to_akida(qmodel, strict=True, variant="qana", **QUIET)
-
-
 def test_tiny_qana_is_fully_integer_and_akida_matches_quantized_keras(tiny_qana):
-    model, qmodel, cut, ak = tiny_qana
-    assert cut is None
+    assert tiny_qana.cut is None
+    qmodel, ak = tiny_qana.qmodel, tiny_qana.akida()
     report = integer_completeness(qmodel)
     assert report["r_succ"] == 1.0 and report["float_layers"] == [] and report["inner_dequantizers"] == []
     # BN is folded and identity convs inserted, so the counted graph is quantizeml's, not the float one.

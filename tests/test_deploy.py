@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_convert import QUIET, converted_tiny_run, random_images, tiny_model
+from fixtures import random_images
+from test_convert import converted_tiny_run
 
 from qana_keras import CLASSES
-from qana_keras.convert import predict_logits, quantize_for_akida, to_akida
+from qana_keras.convert import predict_logits
 from qana_keras.deploy import (VIRTUAL_DEVICES, deploy_run, fidelity_markdown, fidelity_report, run_with_progress,
                                virtual_device_report)
 from qana_keras.io import read_json
 
 
 @pytest.fixture(scope="module")
-def tiny_akida():
-    qmodel, _ = quantize_for_akida(tiny_model("qana"), random_images(64), "qana", batch_size=16, **QUIET)
-    return qmodel, to_akida(qmodel, strict=True, variant="qana", **QUIET)
+def tiny_akida(tiny_qana):
+    return tiny_qana.qmodel, tiny_qana.akida()
 
 
 def test_virtual_device_report_on_a_tiny_model(tiny_akida):

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import write_pad_ufes_fixture
-from test_convert import QUIET, make_tiny_run, random_images, tiny_model
+from fixtures import QUIET, random_images, tiny_model, write_pad_ufes_fixture
+from test_convert import make_tiny_run
 
 from qana_keras.convert import integer_completeness, quantize_for_akida, to_akida
-from qana_keras.edge import EdgeConfig, EdgeError, backbone, choose_num_weights, edge_learn_run, spike_counts
+from qana_keras.edge import EdgeConfig, EdgeError, backbone, choose_num_weights, edge_learn_run
 from qana_keras.io import RunFolderError, read_json, write_json
 
 
@@ -41,11 +41,9 @@ def test_akd1000_refuses_8_bits():
                            bits=8, batch_size=16, **QUIET)
 
 
-def test_v2_model_and_silent_spike_layer_are_refused():
-    model = tiny_model("qana")
-    qmodel, _ = quantize_for_akida(model, random_images(16), "qana", batch_size=16, **QUIET)
+def test_v2_model_and_silent_spike_layer_are_refused(tiny_qana):
     with pytest.raises(EdgeError, match="needs an Akida 1.0 model"):
-        backbone(to_akida(qmodel, strict=True, variant="qana", **QUIET))
+        backbone(tiny_qana.akida())
     with pytest.raises(EdgeError, match="fires 0.00 spikes per image"):
         choose_num_weights(np.zeros(10), EdgeConfig(), "model.fbz")
     assert choose_num_weights(np.array([10, 30]), EdgeConfig(weight_factor=1.2), "m") == 24

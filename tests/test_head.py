@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import TINY_QANA as TINY, write_run_fixture
+from fixtures import QUIET, random_images, write_run_fixture
 
 from qana_keras import CLASSES
-from qana_keras.config import ModelConfig
 from qana_keras.head import (HeadConfig, equalization_rates, extract_embeddings, fit_head, fit_whitening, load_head, local_frames,
                              minority_targets, oversample, safe_anchor_mask, save_head, with_dense)
 from qana_keras.io import RunFolderError, read_json
 
-QUIET = dict(log=lambda *_: None)
 K = len(CLASSES)
 
 
@@ -141,10 +139,8 @@ def test_config_is_validated():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from qana_keras.models.qana import build_model
-
-    model = build_model(ModelConfig(**TINY), input_size=16)
+def tiny(tiny_qana):
+    model = tiny_qana.model  # shared with other modules: with_dense copies it, nothing here changes it
     x = images(64)
     y = np.arange(64) % K  # arbitrary labels: the folding identity does not care whether the head is good
     emb = extract_embeddings(model, x)
@@ -177,14 +173,13 @@ def test_wrong_head_shape_is_refused(tiny):
         with_dense(model, np.zeros((64, 7)), np.zeros(7))
 
 
-def test_folded_tiny_model_quantizes_and_converts_fully_integer(tiny):
+def test_folded_tiny_model_quantizes_and_converts_fully_integer(tiny, tiny_qana):
     from qana_keras.convert import integer_completeness, predict_logits, quantize_for_akida, to_akida
 
     model, x, _, _, head = tiny
     folded = with_dense(model, head.kernel, head.folded_bias)
-    calibration = x[:16]
-    q_orig, _ = quantize_for_akida(model, calibration, "qana", batch_size=16, **QUIET)
-    q_fold, cut = quantize_for_akida(folded, calibration, "qana", batch_size=16, **QUIET)
+    q_orig = tiny_qana.qmodel  # the same model quantized on the same calibration images
+    q_fold, cut = quantize_for_akida(folded, random_images(64), "qana", batch_size=16, **QUIET)
     assert cut is None and integer_completeness(q_fold)["r_succ"] == 1.0
     ak = to_akida(q_fold, strict=True, variant="qana", **QUIET)
     assert list(ak.output_shape) == [1, 1, 7]
@@ -192,6 +187,8 @@ def test_folded_tiny_model_quantizes_and_converts_fully_integer(tiny):
     # embeddings a head fitted with embedding="quantized" was fitted on.
     e_orig, e_fold = extract_embeddings(q_orig, x), extract_embeddings(q_fold, x)
     np.testing.assert_array_equal(e_orig, e_fold)
+    # Reading the embeddings adds no consumer to head/flatten (cnn2snn refuses a Flatten that feeds two layers).
+    assert len(q_orig.get_layer("head/flatten")._outbound_nodes) == 1
     # Calibration equalized the channels feeding the head (rates != 1 on this untrained model): the
     # dense reads 8-bit values (a 2**-k grid) times those rates, and extract_embeddings undoes them.
     rates = equalization_rates(q_fold)

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import TINY_QANA, write_pad_ufes_fixture, write_run_fixture
-from test_convert import QUIET, random_images, tiny_model
+from fixtures import QUIET, TINY_QANA, random_images, write_pad_ufes_fixture, write_run_fixture
 
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, read_json, write_json
@@ -16,11 +15,8 @@ K = len(CLASSES)
 
 
 @pytest.fixture(scope="module")
-def tiny_akida():
-    from qana_keras.convert import quantize_for_akida, to_akida
-
-    qmodel, _ = quantize_for_akida(tiny_model(), random_images(32), "qana", batch_size=16, **QUIET)
-    return to_akida(qmodel, strict=True, variant="qana", **QUIET)
+def tiny_akida(tiny_qana):
+    return tiny_qana.akida()
 
 
 def blobs(n_per_class=40, dim=24, classes=K, seed=0, spread=1.0):

@@ -67,25 +67,25 @@ def test_bad_ghost_ratio_is_refused():
         build_model(tiny(ghost_ratio=1.5), input_size=16)
 
 
-def test_tiny_qana_quantizes_converts_and_maps_in_one_hardware_pass():
+def test_tiny_qana_quantizes_converts_and_maps_in_one_hardware_pass(tiny_qana):
     import akida
     from cnn2snn import convert
-    from quantizeml.models import QuantizationParams, quantize
 
-    model = build_model(tiny(), input_size=32)
-    samples = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    quantized = quantize(model, qparams=QuantizationParams(), samples=samples, num_samples=16, batch_size=8, epochs=1)
+    from fixtures import random_images
+
+    quantized = tiny_qana.qmodel  # quantizeml.models.quantize with 8-bit QuantizationParams (conftest)
     # Every layer is quantized; the only Dequantizer is the model output (float logits for the host).
     dequantizers = [l for l in quantized.layers if type(l).__name__ == "Dequantizer"]
     assert [l.name for l in dequantizers] == [quantized.layers[-1].name]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Conversion stops at layer ..." would be a UserWarning
-        akida_model = convert(quantized)
+        akida_model = convert(quantized)  # cnn2snn itself, not the project's wrapper
     assert tuple(akida_model.output_shape) == (1, 1, 7)
     akida_model.map(akida.TwelveNodesIPv2(), hw_only=True)
     assert len(akida_model.sequences) == 1
     assert sum(len(s.passes) for s in akida_model.sequences) == 1
     akida_model.map(None)
+    samples = random_images(16, seed=7)
     ak = akida_model.predict(samples).reshape(len(samples), -1)
     qk = quantized.predict(samples, verbose=0)
     np.testing.assert_array_equal(ak.argmax(1), qk.argmax(1))

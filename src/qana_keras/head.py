@@ -129,14 +129,18 @@ def embedding_model(model: keras.Model) -> keras.Model:
     values it stands for (a power-of-two scale, exact), so ``predict`` can batch it. Those values are
     still in quantizeml's equalized basis: see ``equalization_rates``.
     """
-    out = _embedding_layer(model).output
-    if _is_quantized(model):
-        from quantizeml.layers import Dequantizer
-
-        out = Dequantizer(name="embedding_dequantizer")(out)
     import tf_keras as keras
 
-    return keras.Model(model.input, out, name=f"{model.name}_embedding")
+    embedding = keras.Model(model.input, _embedding_layer(model).output, name=f"{model.name}_embedding")
+    if not _is_quantized(model):
+        return embedding
+    from quantizeml.layers import Dequantizer
+
+    # The Dequantizer goes on a new input, not on the model's own tensor: a layer called on that tensor would
+    # become a second consumer of head/flatten, and cnn2snn then refuses to convert the model.
+    image = keras.Input(model.input.shape[1:], dtype=model.input.dtype)
+    out = Dequantizer(name="embedding_dequantizer")(embedding(image))
+    return keras.Model(image, out, name=f"{model.name}_embedding_float")
 
 
 def _is_quantized(model: keras.Model) -> bool:

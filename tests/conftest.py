@@ -1,0 +1,44 @@
+"""Session-wide fixtures: the tiny Akida 2.0 model that many modules test against is quantized and converted once.
+
+quantizeml rebuilds the Keras graph layer by layer, so each quantize + convert of even a tiny model costs
+30-80 s on 2 cores; sharing one saves several minutes of the default run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fixtures import QUIET, random_images, tiny_model
+
+
+@dataclass(frozen=True)
+class TinyQana:
+    """An untrained tiny ``qana`` (16x16, weights seeded), its 8-bit quantized model and its Akida model on disk.
+
+    The Keras models are shared: tests must not change them. ``akida()`` returns a fresh copy each call.
+    """
+
+    model: object
+    qmodel: object
+    cut: str | None
+    fbz: Path
+
+    def akida(self):
+        import akida
+
+        return akida.Model(str(self.fbz))
+
+
+@pytest.fixture(scope="session")
+def tiny_qana(tmp_path_factory) -> TinyQana:
+    import tf_keras
+
+    from qana_keras.convert import quantize_for_akida, to_akida
+
+    tf_keras.utils.set_random_seed(0)  # the same weights every run, so numeric tolerances hold every run
+    model = tiny_model("qana")
+    qmodel, cut = quantize_for_akida(model, random_images(64), "qana", batch_size=16, **QUIET)
+    fbz = tmp_path_factory.mktemp("tiny_qana") / "qana.fbz"
+    to_akida(qmodel, strict=True, variant="qana", **QUIET).save(str(fbz))
+    return TinyQana(model, qmodel, cut, fbz)
