@@ -36,8 +36,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP) ## create or refresh .venv (Python 3.11, pinned BrainChip stack)
 
-test: $(STAMP) ## run the default test suite (9-28 min on 2 cores, machine-dependent)
-	$(VENV)/bin/python -m pytest
+# Most of a test's time is quantizeml rebuilding Keras graphs in one Python thread, so two workers use both cores;
+# tests of one module stay on one worker (tests/conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+test: $(STAMP) ## run the default test suite on TEST_WORKERS processes (see README for its time)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-slow: $(STAMP) ## run the slow tests (training on real data, notebooks)
 	$(VENV)/bin/python -m pytest -m slow

@@ -42,3 +42,17 @@ def tiny_qana(tmp_path_factory) -> TinyQana:
     fbz = tmp_path_factory.mktemp("tiny_qana") / "qana.fbz"
     to_akida(qmodel, strict=True, variant="qana", **QUIET).save(str(fbz))
     return TinyQana(model, qmodel, cut, fbz)
+
+
+# These modules share one trained and converted tiny run (test_convert.converted_tiny_run): keep them on one worker.
+TINY_RUN_MODULES = {"test_convert", "test_deploy", "test_evaluate"}
+
+
+def pytest_collection_modifyitems(items):
+    """Under ``pytest -n 2 --dist loadgroup`` (pytest-xdist) a module runs on one worker, so its module fixtures
+    are built once; without xdist the marks do nothing."""
+    if not items or not items[0].config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("tiny_run" if module in TINY_RUN_MODULES else module))
