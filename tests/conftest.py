@@ -49,8 +49,8 @@ TINY_RUN_MODULES = {"test_convert", "test_deploy", "test_evaluate"}
 
 
 def pytest_collection_modifyitems(items):
-    """Under ``pytest -n 2 --dist loadgroup`` (pytest-xdist) a module runs on one worker, so its module fixtures
-    are built once; without xdist the marks do nothing."""
+    """Under ``pytest -n 2 --dist loadgroup`` (pytest-xdist) each module runs on one worker, so its module fixtures
+    are built once; without xdist nothing is marked."""
     if not items or not items[0].config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
