@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import qana_keras  # noqa: F401
-from fixtures import TINY_QANA as TINY
+from fixtures import TINY_QANA as TINY, random_images
 from qana_keras.config import ModelConfig
 from qana_keras.models.qana import MODEL_BUILDERS, build_model
 
@@ -70,8 +70,6 @@ def test_bad_ghost_ratio_is_refused():
 def test_tiny_qana_quantizes_converts_and_maps_in_one_hardware_pass(tiny_qana):
     import akida
     from cnn2snn import convert
-
-    from fixtures import random_images
 
     quantized = tiny_qana.qmodel  # quantizeml.models.quantize with 8-bit QuantizationParams (conftest)
     # Every layer is quantized; the only Dequantizer is the model output (float logits for the host).
