@@ -53,6 +53,7 @@ import qana_keras  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tf_keras as keras  # noqa: E402
 
 from qana_keras.config import load_config  # noqa: E402
+from qana_keras.studies import hardware_cost_table  # noqa: E402
 
 REFERENCE_CONFIG = REPO / "configs" / "qana.yaml"
 
@@ -177,28 +178,6 @@ def cost_row(name: str, extra: list[str] | None = None, calibration: int = 32, l
     return row
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """One line per row. "NPs used" on a standard device grows with the device (the mapper spreads layers),
-    so the smallest footprint is the ``compute_min_device`` column."""
-    lines = ["| model | input | params | MMACs | head inputs | r_succ | smallest standard device, one pass | NPs used "
-             "there (by type) | program KB | compute_min_device: NPs used / available, passes |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
-    for r in rows:
-        if r.get("params") is None:
-            lines.append(f"| {r['name']} | {r['image_size']} | error: {r['error']} |" + " |" * 7)
-            continue
-        types = ", ".join(f"{t} {n}" for t, n in (r.get("nps_by_type") or {}).items())
-        cmd = r.get("compute_min_device") or {}
-        prog = f"{r['program_bytes'] / 1024:.0f}" if r.get("program_bytes") else "-"
-        cmd_text = (f"{cmd.get('nps')} / {cmd.get('nps_available')}, {cmd.get('passes')}" if cmd.get("ok")
-                    else "does not map")
-        lines.append(f"| {r['name']} | {r['image_size']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {r['head_inputs']} "
-                     f"| {r.get('r_succ') if r.get('r_succ') is not None else '-'} | {r.get('min_device') or 'none'} "
-                     f"| {r.get('nps') or '-'} ({types or '-'}) | {prog} | {cmd_text} |"
-                     + (f" error: {r['error']}" if r.get("error") else ""))
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help=f"models (default all): {', '.join(MODELS)}")
@@ -215,10 +194,10 @@ def main(argv=None) -> int:
     if args.render:
         from qana_keras.io import atomic_write_text, read_json
 
-        table = markdown_table(read_json(args.render))
+        table = hardware_cost_table(read_json(args.render))
         print(table)
         if args.markdown:
-            atomic_write_text(args.markdown, table)
+            atomic_write_text(args.markdown, table + "\n")
         return 0
     if args.list:
         for name, overrides in MODELS.items():
@@ -229,7 +208,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
     extra = (TINY_OVERRIDES if args.widths == "tiny" else []) + args.set
     rows = [cost_row(name, extra, calibration=args.calibration) for name in (args.names or MODELS)]
-    table = markdown_table(rows)
+    table = hardware_cost_table(rows)
     print(table)
     if args.json:
         from qana_keras.io import write_json
@@ -240,7 +219,7 @@ def main(argv=None) -> int:
     if args.markdown:
         from qana_keras.io import atomic_write_text
 
-        atomic_write_text(args.markdown, table)
+        atomic_write_text(args.markdown, table + "\n")
     return 1 if any(r.get("error") for r in rows) else 0
 
 

@@ -39,6 +39,7 @@ from qana_keras.config import load_config
 from qana_keras.head import (DENSE_LAYER, HeadConfig, calibration_indices, fit_head, fit_whitening, head_paths,
                              run_embeddings, with_dense)
 from qana_keras.io import atomic_path, write_json
+from qana_keras.studies import head_ablation_markdown
 from qana_keras.metrics import (bootstrap_intervals, classification_metrics, macro_f1,
                                 paired_bootstrap_difference)
 
@@ -176,23 +177,6 @@ def akida_logits_of(model, data, variant: str, config: HeadConfig, log) -> dict:
     return {"r_succ": r_succ, **{s: akida_logits(ak, data[s].images) for s in ("val", "test")}}
 
 
-def table(rows: dict, column: str, title: str) -> str:
-    head = ["row", "top-1", "macro-F1", "bal. acc", *(f"recall {c}" for c in CLASSES),
-            "Δ macro-F1 vs a [95% CI]", "Δ bal. acc vs a [95% CI]"]
-    lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, row in rows.items():
-        m = row["test"][column]
-        d = m.get("vs_baseline_95")
-        delta = ["—", "—"] if key == "a" or d is None else [
-            f"{d[n]['difference']:+.3f} [{d[n]['low']:+.3f}, {d[n]['high']:+.3f}]{' *' if d[n]['real'] else ''}"
-            for n in ("macro_f1", "balanced_accuracy")]
-        lines.append(f"| {key} {row['name']} | {m['top1']:.3f} | {m['macro_f1']:.3f} | {m['balanced_accuracy']:.3f} | "
-                     + " | ".join(f"{m['recall'][c]:.3f}" for c in CLASSES) + " | " + " | ".join(delta) + " |")
-    lines.append("")
-    lines.append("\\* the paired lesion-bootstrap interval excludes 0.")
-    return "\n".join(lines)
-
-
 def with_overrides(config: HeadConfig, items: list[str]) -> HeadConfig:
     """``key=value`` strings applied to ``config``, each value parsed as the type of the default."""
     values = {}
@@ -295,10 +279,7 @@ def main() -> None:
     out["test_split"] = {"images": len(data["test"]), "lesions": int(len(np.unique(groups["test"]))),
                          "groups": "lesion_id"}
     out["seconds"] = round(time.perf_counter() - began, 1)
-    columns = ["float", "quantized"] + (["akida"] if akida else [])
-    out["markdown"] = "\n\n".join(
-        table(rows, col, f"{run_dir.name}, lesion-level test split ({len(data['test'])} images, "
-                         f"{out['test_split']['lesions']} lesions), {col}") for col in columns)
+    out["markdown"] = head_ablation_markdown(out, run_dir.name)
     write_json(run_dir / "head_ablation.json", out)
     print(out["markdown"])
     print(f"wrote {run_dir / 'head_ablation.json'} ({out['seconds']:.0f}s)")

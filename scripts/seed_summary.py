@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qana_keras.io import write_json
+from qana_keras.studies import SEED_COLUMNS, seed_table
+
 KEYS = ("top1", "balanced_accuracy", "macro_f1")
 RARE = ("akiec", "df", "vasc")
 
@@ -28,16 +31,12 @@ def main() -> None:
         row["seed"] = next((line.split(":")[1].strip() for line in config.splitlines()
                             if line.strip().startswith("seed:")), None)
         rows.append(row)
-    columns = [*KEYS, *(f"recall_{c}" for c in RARE)]
-    print("| run | seed | " + " | ".join(columns) + " |")
-    print("|---|---|" + "---|" * len(columns))
-    for r in rows:
-        print(f"| {r['run']} | {r['seed']} | " + " | ".join(f"{r[c]:.3f}" for c in columns) + " |")
     summary = {c: {"mean": float(np.mean([r[c] for r in rows])), "std": float(np.std([r[c] for r in rows], ddof=1))
-                   if len(rows) > 1 else 0.0} for c in columns}
-    print("| mean ± sd | | " + " | ".join(f"{summary[c]['mean']:.3f} ± {summary[c]['std']:.3f}" for c in columns) + " |")
+                   if len(rows) > 1 else 0.0} for c in SEED_COLUMNS}
+    result = {"runs": rows, "summary": summary}
+    print(seed_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": rows, "summary": summary}, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

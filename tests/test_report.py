@@ -146,6 +146,68 @@ def test_report_from_committed_json_without_evaluating(tmp_path):
     assert (tmp_path / "reports" / "results_block.md").read_text().strip() in block
 
 
+def _study_readme(tmp_path, names=("head", "crop", "hardware-cost", "seeds", "ablations")):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- report:start -->\n<!-- report:end -->\n"
+                      + "".join(f"text\n<!-- report:{n}:start -->\nold {n}\n<!-- report:{n}:end -->\n" for n in names))
+    return readme
+
+
+def test_side_studies_render_from_their_committed_json_into_report_and_readme(tmp_path):
+    models, reports = tmp_path / "models", tmp_path / "reports"
+    shutil.copytree(COMMITTED, models / "qana", ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
+    shutil.copytree(REPO / "models" / "seeds", models / "seeds", ignore=shutil.ignore_patterns("*.h5", "*.fbz"))
+    shutil.copy(REPO / "models" / "hardware_cost.json", models / "hardware_cost.json")
+    (reports / "crop").mkdir(parents=True)
+    for name in ("finetune_crop_vs_whole.json", "e60_float_head.json"):
+        shutil.copy(REPO / "reports" / "crop" / name, reports / "crop" / name)
+    readme = _study_readme(tmp_path, names=("head", "crop", "hardware-cost", "seeds"))
+    summary = build_report(models, reports, evaluate=False, ablations=[], readme=readme, **QUIET)
+    text = readme.read_text()
+    assert "old " not in text and f"{readme} (report:crop)" in summary["changed"]
+
+    def block(name):
+        return text.split(f"<!-- report:{name}:start -->")[1].split(f"<!-- report:{name}:end -->")[0]
+
+    head = read_json(COMMITTED / "head_ablation.json")["rows"]
+    d = head["d"]["test"]["akida"]
+    assert f"| d {head['d']['name']} | {d['top1']:.3f} | {d['macro_f1']:.3f} |" in block("head")
+    diff = d["vs_baseline_95"]["balanced_accuracy"]
+    assert f"{100 * diff['difference']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]" in block("head")
+    crop = read_json(REPO / "reports" / "crop" / "finetune_crop_vs_whole.json")
+    assert crop["command"] in block("crop") and "e60_float_head" not in block("crop")  # the matched experiment only
+    mask = crop["test"]["variants"]["mask_crop"]
+    assert f"| mask crop (oracle) | `{crop['classifier']}` | {mask['top1']:.3f} |" in block("crop")
+    rows = read_json(models / "hardware_cost.json")
+    assert all(f"| {r['name']} | {r['image_size']} | {r['params']:,} |" in block("hardware-cost") for r in rows)
+    seeds = read_json(models / "seeds" / "summary.json")
+    assert f"{seeds['summary']['macro_f1']['mean']:.3f} ± {seeds['summary']['macro_f1']['std']:.3f}" in block("seeds")
+    report = (reports / "README.md").read_text()
+    assert "e60_float_head.json" in report and "### Readout head" in report  # the report shows every study file
+    assert "models/qana/head_ablation.json" in report.split("## Inputs")[1]
+
+
+def test_a_malformed_study_json_names_the_file(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(COMMITTED, models / "qana", ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
+    write_json(models / "seeds" / "summary.json", {"runs": [{"run": "x"}]})
+    with pytest.raises(ReportError, match=r"seeds/summary.json: not the output of its study's command"):
+        build_report(models, tmp_path / "reports", evaluate=False, ablations=[], **QUIET)
+
+
+def test_readme_without_study_markers_gets_only_the_results_block(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(COMMITTED, models / "qana", ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
+    shutil.copy(REPO / "models" / "hardware_cost.json", models / "hardware_cost.json")
+    readme = _study_readme(tmp_path, names=("ablations",))
+    ablation = tmp_path / "architecture.json"
+    shutil.copy(REPO / "models" / "ablations" / "architecture.json", ablation)
+    summary = build_report(models, tmp_path / "reports", evaluate=False, ablations=[str(ablation)], readme=readme,
+                           **QUIET)
+    assert f"{readme} (report:ablations)" in summary["changed"]
+    assert "### Architecture ablation" in readme.read_text() and "hardware_cost" not in readme.read_text()
+
+
 # --------------------------------------------------------------------------------------------------
 # A tiny real model, evaluated on HAM10000 and PAD-UFES-20 fixtures
 
