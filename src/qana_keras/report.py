@@ -374,7 +374,7 @@ def render_ablation(data: dict) -> str:
     """Markdown table of an ablation; rows without a result read "not run", absent hardware figures
     "not measured". Paired differences (points) in bold when their 95% interval excludes zero."""
     header = ["row", "artifact", *[f"{t} [95% CI]" for _, t in METRICS], "Δ top-1 vs ref (pt)",
-              "Δ macro-F1 vs ref (pt)", "Δ bal. acc. vs ref (pt)", "MACs (M)", "params", "NPs"]
+              "Δ macro-F1 vs ref (pt)", "Δ bal. acc. vs ref (pt)", "Akida MACs (M)", "params", "NPs"]
     rows = []
     for row in data["rows"]:
         name = row["name"] + (" (reference)" if row["name"] == data["reference"] else "")

@@ -82,14 +82,15 @@ def crop_table(report: dict, split: str = "test") -> str:
 
 
 def hardware_cost_table(rows: list[dict]) -> str:
-    """One line per model. "NPs used" on a standard device grows with the device (the mapper spreads
-    layers), so the smallest footprint is the ``compute_min_device`` column."""
-    lines = ["| model | input | params | MMACs | head inputs | r_succ | smallest standard device, one pass | NPs used "
-             "there (by type) | program KB | compute_min_device: NPs used / available, passes |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
+    """One line per model. Float MACs count the Keras graph's convolutions and dense layers; Akida MACs are
+    ``akida.Model.macs``, which also counts the layers the converter inserts. "NPs used" on a standard device
+    grows with the device (the mapper spreads layers), so the smallest footprint is ``compute_min_device``."""
+    lines = ["| model | input | params | float MMACs | Akida MMACs | head inputs | r_succ | smallest standard device, one "
+             "pass | NPs used there (by type) | program KB | compute_min_device: NPs used / available, passes |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
     for r in rows:
         if r.get("params") is None:
-            lines.append(f"| {r['name']} | {r['image_size']} | error: {r['error']} |" + " |" * 7)
+            lines.append(f"| {r['name']} | {r['image_size']} | error: {r['error']} |" + " |" * 8)
             continue
         types = ", ".join(f"{t} {n}" for t, n in (r.get("nps_by_type") or {}).items())
         cmd = r.get("compute_min_device") or {}
@@ -97,7 +98,8 @@ def hardware_cost_table(rows: list[dict]) -> str:
         cmd_text = (f"{cmd.get('nps')} / {cmd.get('nps_available')}, {cmd.get('passes')}" if cmd.get("ok")
                     else "does not map")
         r_succ = r.get("r_succ") if r.get("r_succ") is not None else "-"
-        lines.append(f"| {r['name']} | {r['image_size']} | {r['params']:,} | {r['macs'] / 1e6:.1f} "
+        akida_macs = f"{r['akida_macs'] / 1e6:.1f}" if r.get("akida_macs") is not None else "-"
+        lines.append(f"| {r['name']} | {r['image_size']} | {r['params']:,} | {r['macs'] / 1e6:.1f} | {akida_macs} "
                      f"| {r['head_inputs']} | {r_succ} | {r.get('min_device') or 'none'} "
                      f"| {r.get('nps') or '-'} ({types or '-'}) | {prog} | {cmd_text} |"
                      + (f" error: {r['error']}" if r.get("error") else ""))
