@@ -108,6 +108,13 @@ def has_block(path: str | Path, name: str) -> bool:
     return _markers(name)[0] in Path(path).read_text()
 
 
+def _rewrite_present_blocks(path: str | Path, blocks: dict[str, str]) -> list[str]:
+    """Rewrite those ``report:NAME`` blocks whose markers the file has (a file without them just does not
+    show that table); returns "path (name)" for each block that changed."""
+    return [f"{path} ({name})" for name, content in blocks.items()
+            if name.startswith("report:") and has_block(path, name) and rewrite_block(path, content, name)]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Model folders
 
@@ -804,14 +811,12 @@ def build_report(models_dir: str | Path = "models", out_dir: str | Path = "repor
     if readme:
         if rewrite_block(readme, block, "report"):
             changed.append(str(readme))
-        # the other blocks are optional: a README without their markers just does not show them
-        for name, content in blocks.items():
-            if name.startswith("report:") and has_block(readme, name) and rewrite_block(readme, content, name):
-                changed.append(f"{readme} ({name})")
+        changed += _rewrite_present_blocks(readme, blocks)
     if model_card:
         for name, content in model_card_blocks(summaries, evaluations).items():
             if rewrite_block(model_card, content, name):
                 changed.append(f"{model_card} ({name})")
+        changed += _rewrite_present_blocks(model_card, blocks)
     seconds = round(time.perf_counter() - began, 1)
     log(f"report: wrote {out_dir / 'README.md'} ({len(evaluations)} evaluations, {len(ablation_tables)} ablation "
         f"tables) in {seconds} s" + (f"; rewrote {', '.join(changed)}" if changed else ""))
