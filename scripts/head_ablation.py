@@ -39,9 +39,9 @@ from qana_keras.config import load_config
 from qana_keras.head import (DENSE_LAYER, HeadConfig, calibration_indices, fit_head, fit_whitening, head_paths,
                              run_embeddings, with_dense)
 from qana_keras.io import atomic_path, write_json
-from qana_keras.studies import head_ablation_markdown
 from qana_keras.metrics import (bootstrap_intervals, classification_metrics, macro_f1,
                                 paired_bootstrap_difference)
+from qana_keras.studies import head_ablation_markdown
 
 RARE = ("df", "vasc", "akiec")
 C_GRID = (0.01, 0.03, 0.1, 0.3)

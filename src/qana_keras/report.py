@@ -625,15 +625,15 @@ def study_blocks(studies: dict[str, list[Path]]) -> dict[str, str]:
     hold every file for reports/README.md."""
     from qana_keras import studies as st
 
-    def render(path: Path, markdown, *args) -> str:
+    def render(path: Path, markdown, *args, data: dict | None = None) -> str:
         try:
-            return f"From `{_relative(path)}`.\n\n{markdown(_read(path), *args)}"
+            return f"From `{_relative(path)}`.\n\n{markdown(data or _read(path), *args)}"
         except (KeyError, TypeError, AttributeError, StopIteration) as error:
             raise ReportError(f"{path}: not the output of its study's command (missing or malformed {error}); "
                               "regenerate it with the command in the module docstring of qana_keras.studies") from None
 
     heads = [render(p, st.head_ablation_markdown, f"`{_relative(p.parent)}`") for p in studies["head"]]
-    crops = [(_read(p), render(p, st.crop_table)) for p in studies["crop"]]
+    crops = [(data, render(p, st.crop_table, data=data)) for p, data in ((p, _read(p)) for p in studies["crop"])]
     blocks = {}
     if heads:  # models/qana sorts first: the README shows the reference's ablation
         blocks["report:head"], blocks["head (all)"] = heads[0], "\n\n".join(heads)
