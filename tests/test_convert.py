@@ -52,6 +52,30 @@ def test_tiny_qana_is_fully_integer_and_akida_matches_quantized_keras(tiny_qana)
     assert np.max(np.abs(a - q)) < 1e-2
 
 
+def test_channels_of_different_scales_before_flatten_are_made_per_tensor_so_akida_matches_keras():
+    """cnn2snn drops QuantizedFlatten's alignment shifts: quantizeml's own quantize gives a model the
+    converter turns into a wrong Akida model; ``quantize_model`` makes the layer before Flatten per-tensor."""
+    from quantizeml.models import quantize
+
+    from qana_keras.convert import misaligned_flatten_inputs, quantization_params
+
+    model = tiny_model("plain-cnn")
+    (kernel,) = model.get_layer("project/conv").get_weights()
+    kernel[..., ::2] *= 8.0  # half the channels 8x larger: 3 more integer bits, so fewer fractional bits
+    model.get_layer("project/conv").set_weights([kernel])
+    x = random_images(64, seed=2)
+    raw = quantize(model, qparams=quantization_params(8), samples=x, num_samples=len(x), batch_size=16)
+    assert misaligned_flatten_inputs(raw) == {"head/flatten": "project/relu"}
+    with pytest.raises(ConversionError, match=r"head/flatten aligns channels of different fractional bits"):
+        to_akida(raw, strict=True, variant="plain-cnn", **QUIET)
+    qmodel = quantize_model(model, x, batch_size=16, **QUIET)
+    assert misaligned_flatten_inputs(qmodel) == {}
+    ak = to_akida(qmodel, strict=True, variant="plain-cnn", **QUIET)
+    q, a = predict_logits(qmodel, x), predict_logits(ak, x)
+    np.testing.assert_array_equal(a.argmax(1), q.argmax(1))
+    assert np.max(np.abs(a - q)) < 1e-2
+
+
 def test_whole_qana_is_its_own_convertible_prefix():
     model = tiny_model("qana")
     assert find_convertible_prefix(model) == model.layers[-1].name

@@ -317,6 +317,12 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     assert next(d for d in deploy if d["device"] == "TwelveNodesIPv2")["passes"] == 1
     assert result["paired_vs_reference"]["top1"]["real"]
     assert "not run" in render_ablation(load_ablation(table))  # the other rows stay empty
+    filled = ["--row", "no SE", "--run", str(COMMITTED), "--reference", str(tmp_path / "ref.json")]
+    write_json(tmp_path / "row.json", _evaluation(0.5, seed=2))
+    assert main([*args, *filled]) == 1  # a filled row is not replaced silently
+    assert next(r for r in load_ablation(table)["rows"] if r["name"] == "no SE")["result"] == result
+    assert main([*args, *filled, "--overwrite"]) == 0
+    assert next(r for r in load_ablation(table)["rows"] if r["name"] == "no SE")["result"] != result
 
     run = tmp_path / "multi_pass"  # a smaller device that needs several passes does not count as its NPs
     run.mkdir()

@@ -139,7 +139,8 @@ def cmd_ablation_row(args) -> int:
     from qana_keras.report import ReportError, fill_ablation_row, fmt_ci
 
     try:
-        row = fill_ablation_row(args.table, args.row, args.evaluation, args.reference, args.run, args.n_boot)
+        row = fill_ablation_row(args.table, args.row, args.evaluation, args.reference, args.run, args.n_boot,
+                                args.overwrite)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder with metrics.json/conversion.json/deploy.json (MACs, params, NPs); "
                                  "default: the evaluated model's folder")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--overwrite", action="store_true", help="replace a row that already has a result")
     p.set_defaults(func=cmd_ablation_row)
 
     p = verbs.add_parser("bench", help="CPU images/s and ms/image of float, quantized and Akida-simulator models")

@@ -339,17 +339,20 @@ def ablation_result(evaluation: dict, reference: dict | None = None, macs: int |
 
 def fill_ablation_row(table_path: str | Path, row: str, evaluation_path: str | Path,
                       reference_path: str | Path | None = None, run_dir: str | Path | None = None,
-                      n_boot: int = 1000) -> dict:
+                      n_boot: int = 1000, overwrite: bool = False) -> dict:
     """Write the ``result`` of row ``row`` of the ablation table at ``table_path`` from a ``qana evaluate``
     JSON (and the reference row's, unless ``row`` is the reference). MACs, parameters and NPs come from
     ``run_dir`` (default: the folder of the evaluated model): conversion.json, metrics.json, deploy.json (NPs of the
     smallest standard device that runs it in one pass);
-    those absent stay null ("not measured"). Returns the row."""
+    those absent stay null ("not measured"). A filled row is replaced only with ``overwrite``. Returns the row."""
     table_path = Path(table_path)
     data = load_ablation(table_path)
     names = [r["name"] for r in data["rows"]]
     if row not in names:
         raise ReportError(f"{table_path}: no row named {row!r}; rows are {', '.join(names)}")
+    if data["rows"][names.index(row)].get("result") is not None and not overwrite:
+        raise ReportError(f"{table_path}: row {row!r} already has a result (from "
+                          f"{data['rows'][names.index(row)]['result'].get('source')}); pass --overwrite to replace it")
     is_reference = row == data["reference"]
     if not is_reference and reference_path is None:
         raise ReportError(f"{table_path}: row {row!r} needs --reference, the evaluate JSON of the reference row "
