@@ -11,6 +11,7 @@ so no figure of a study is typed by hand.
 from __future__ import annotations
 
 from qana_keras import CLASSES
+from qana_keras.report import table
 
 PAIRED = (("top1", "Δ top-1"), ("macro_f1", "Δ macro-F1"), ("balanced_accuracy", "Δ bal. acc."))
 CROP_VARIANTS = {"whole": "whole image", "saliency_crop": "saliency crop",
@@ -23,11 +24,6 @@ def _diff_points(d: dict) -> str:
     """A paired difference in points with its interval; ``*`` when the interval excludes zero."""
     return (f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
             + (" *" if d.get("real") else ""))
-
-
-def _lines(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def head_ablation_table(data: dict, column: str) -> str:
@@ -43,7 +39,7 @@ def head_ablation_table(data: dict, column: str) -> str:
         delta = ["—", "—"] if no_delta else [_diff_points(d[k]) for k in ("macro_f1", "balanced_accuracy")]
         rows.append([f"{key} {row['name']}", *(f"{m[k]:.3f}" for k in ("top1", "macro_f1", "balanced_accuracy")),
                      *(f"{m['recall'][c]:.3f}" for c in CLASSES), *delta])
-    return "\n".join(_lines(header, rows))
+    return table(header, rows)
 
 
 def head_ablation_markdown(data: dict, title: str) -> str:
@@ -74,7 +70,7 @@ def crop_table(report: dict, split: str = "test") -> str:
     t = r["tiling"]
     return "\n".join([
         f"{split} split: {r['n_images']} images, {r['n_lesions']} lesions; `{report.get('command', 'qana crop')}`", "",
-        *_lines(header, rows), "",
+        table(header, rows), "",
         f"Tiling fallback: max softmax < {t['threshold']:.3f} (chosen on validation) on {t['triggered']} images "
         f"({100 * t['trigger_rate']:.1f}%), {t['changed_predictions']} predictions changed. Saliency box vs mask box: "
         f"mean IoU {r['iou']['salient_box_vs_mask_box']['mean']:.3f}. \\* the paired lesion-bootstrap interval "
@@ -113,4 +109,4 @@ def seed_table(summary: dict) -> str:
     rows.append([f"mean ± sd ({len(summary['runs'])} seeds)", "",
                  *(f"{s[c]['mean']:.3f} ± {s[c]['std']:.3f}" for c in SEED_COLUMNS)])
     header = ["run", "seed", "top-1", "bal. acc.", "macro-F1", "recall akiec", "recall df", "recall vasc"]
-    return "\n".join(_lines(header, rows))
+    return table(header, rows)
