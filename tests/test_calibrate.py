@@ -159,10 +159,17 @@ def test_calibrate_run_writes_artifacts_and_refuses_to_overwrite(tiny_run):
     assert (tiny_run / "calibration.json").read_text() == before
 
 
-def test_cli_calibrate_errors(tiny_run, capsys):
+def test_cli_calibrate_errors(tiny_run, tmp_path, capsys):
+    import shutil
+
     from qana_keras.cli import main
 
-    assert main(["calibrate", "--run", str(tiny_run)]) == 2
+    # Its own copy with a calibration already there: under xdist another module's test may run between this
+    # module's tests, which rebuilds the module fixture, so this test must not rely on the one above.
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "calibration.json").write_text("{}")
+    assert main(["calibrate", "--run", str(run)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["calibrate", "--run", str(tiny_run.parent / "nowhere")]) == 2
     assert "no config.yaml" in capsys.readouterr().err

@@ -258,15 +258,21 @@ def test_head_run_writes_artifacts_and_refuses_to_overwrite(tiny_run):
     assert (tiny_run / "head.json").read_text() == before
 
 
-def test_cli_head(tiny_run, capsys):
+def test_cli_head(tiny_run, tmp_path, capsys):
+    import shutil
+
     from qana_keras.cli import main
 
-    args = ["head", "--run", str(tiny_run), "--components", "8", "--k-neighbors", "2", "--calibration", "32",
+    # Its own copy with a head already there: it must not rely on the test above having run on this fixture.
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "head.json").write_text("{}")
+    args = ["head", "--run", str(run), "--components", "8", "--k-neighbors", "2", "--calibration", "32",
             "--embedding", "float", "--no-safe-anchors", "--n-boot", "20"]
     assert main(args) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
-    meta = read_json(tiny_run / "head.json")
+    meta = read_json(run / "head.json")
     assert meta["config"]["embedding"] == "float" and meta["config"]["safe_anchors"] is False
     assert "quantized_embedding" not in meta["metrics"]["test"]
     assert main(["head", "--run", str(tiny_run.parent / "nowhere")]) == 2
