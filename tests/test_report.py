@@ -161,6 +161,9 @@ def test_side_studies_render_from_their_committed_json_into_report_and_readme(tm
     (reports / "crop").mkdir(parents=True)
     for name in ("finetune_crop_vs_whole.json", "e60_float_head.json"):
         shutil.copy(REPO / "reports" / "crop" / name, reports / "crop" / name)
+    other = read_json(models / "seeds" / "summary.json")  # a second recipe's seeds: its own file, shown after
+    other["runs"] = [{**r, "run": f"models/seeds/other-s{r['seed']}"} for r in other["runs"]]
+    write_json(models / "seeds" / "other_summary.json", other)
     readme = _study_readme(tmp_path, names=("head", "crop", "hardware-cost", "seeds"))
     summary = build_report(models, reports, evaluate=False, ablations=[], readme=readme, **QUIET)
     text = readme.read_text()
@@ -182,6 +185,8 @@ def test_side_studies_render_from_their_committed_json_into_report_and_readme(tm
     assert all(f"| {r['name']} | {r['image_size']} | {r['params']:,} |" in block("hardware-cost") for r in rows)
     seeds = read_json(models / "seeds" / "summary.json")
     assert f"{seeds['summary']['macro_f1']['mean']:.3f} ± {seeds['summary']['macro_f1']['std']:.3f}" in block("seeds")
+    assert 0 < block("seeds").index("seeds/summary.json") < block("seeds").index("seeds/other_summary.json") \
+        < block("seeds").index("models/seeds/other-s1")
     report = (reports / "README.md").read_text()
     assert "e60_float_head.json" in report and "### Readout head" in report  # the report shows every study file
     assert "models/qana/head_ablation.json" in report.split("## Inputs")[1]

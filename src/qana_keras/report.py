@@ -620,7 +620,8 @@ def find_studies(models_dir: Path, out_dir: Path) -> dict[str, list[Path]]:
     """The side studies' JSON files (see qana_keras.studies): head ablations, crop studies, hardware cost, seeds."""
     return {"head": sorted(models_dir.glob("*/head_ablation.json")), "crop": sorted((out_dir / "crop").glob("*.json")),
             "hardware_cost": [p for p in [models_dir / "hardware_cost.json"] if p.is_file()],
-            "seeds": [p for p in [models_dir / "seeds" / "summary.json"] if p.is_file()]}
+            # summary.json (the reference recipe) first, then one <recipe>_summary.json per other recipe
+            "seeds": sorted((models_dir / "seeds").glob("*summary.json"), key=lambda p: (p.name != "summary.json", p))}
 
 
 def study_blocks(studies: dict[str, list[Path]]) -> dict[str, str]:
@@ -646,13 +647,13 @@ def study_blocks(studies: dict[str, list[Path]]) -> dict[str, str]:
         blocks["crop (all)"] = "\n\n".join(text for _, text in crops)
     for p in studies["hardware_cost"]:
         blocks["report:hardware-cost"] = render(p, st.hardware_cost_table)
-    for p in studies["seeds"]:
-        blocks["report:seeds"] = render(p, st.seed_table)
+    if studies["seeds"]:
+        blocks["report:seeds"] = "\n\n".join(render(p, st.seed_table) for p in studies["seeds"])
     return blocks
 
 
 def render_studies(blocks: dict[str, str]) -> list[str]:
-    titles = (("report:seeds", "Seeds of the reference recipe"), ("report:hardware-cost",
+    titles = (("report:seeds", "Seeds"), ("report:hardware-cost",
               "Hardware cost of every variant (untrained weights; mapping does not depend on them)"),
               ("head (all)", "Readout head: embedding-space SMOTE ablation"), ("crop (all)", "Lesion crop ablation"))
     lines = []

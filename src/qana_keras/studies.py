@@ -3,7 +3,7 @@
 - readout head ablation: ``scripts/head_ablation.py RUN --akida`` -> ``models/<model>/head_ablation.json``
 - lesion crop: ``qana crop --json`` -> ``reports/crop/*.json``
 - hardware cost: ``scripts/hardware_cost.py`` -> ``models/hardware_cost.json``
-- seeds: ``scripts/seed_summary.py`` -> ``models/seeds/summary.json``
+- seeds: ``scripts/seed_summary.py`` -> ``models/seeds/summary.json`` (reference recipe), ``<recipe>_summary.json``
 
 The scripts print these tables and ``qana report`` renders them into reports/README.md and the README,
 so no figure of a study is typed by hand.
