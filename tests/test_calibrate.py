@@ -164,8 +164,8 @@ def test_cli_calibrate_errors(tiny_run, tmp_path, capsys):
 
     from qana_keras.cli import main
 
-    # Its own copy with a calibration already there: under xdist another module's test may run between this
-    # module's tests, which rebuilds the module fixture, so this test must not rely on the one above.
+    # Its own copy with a calibration already there: it must not rely on the test above having run on this
+    # fixture (when xdist does not group a module, its tests run on different workers, each with its own fixture).
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "calibration.json").write_text("{}")
