@@ -338,6 +338,17 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     assert main([*args, "--row", "no SA-ECA", "--run", str(run), "--reference", str(tmp_path / "ref.json")]) == 0
     result = next(r for r in load_ablation(table)["rows"] if r["name"] == "no SA-ECA")["result"]
     assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")
+    assert "nps_device" not in result
+
+    # too big for every standard device (as at 96x96): the NPs of compute_min_device, and the table says so
+    too_big = [{**d, "ok": False, "passes": None, "nps": None} if d["device"] != "compute_min_device"
+               else {**d, "nps": 72, "nps_available": 72} for d in deploy]
+    assert any(d["device"] == "compute_min_device" for d in too_big)
+    write_json(run / "deploy.json", {**read_json(COMMITTED / "deploy.json"), "virtual_devices": too_big})
+    assert main([*args, "--row", "input 96x96", "--run", str(run), "--reference", str(tmp_path / "ref.json")]) == 0
+    result = next(r for r in load_ablation(table)["rows"] if r["name"] == "input 96x96")["result"]
+    assert (result["nps"], result["nps_device"]) == (72, "compute_min_device")
+    assert "| 72 (fits no standard device) |" in render_ablation(load_ablation(table))
 
 
 @pytest.mark.slow

@@ -162,12 +162,14 @@ def model_summary(model_dir: Path) -> dict:
           if d.get("ok") and d.get("device") != "compute_min_device"]
     mapped = _smallest_device(ok)
     one_pass = _smallest_device([d for d in ok if d.get("passes") == 1])
+    minimal = next((d for d in (deploy or {}).get("virtual_devices", [])
+                    if d.get("device") == "compute_min_device" and d.get("ok")), None)
     source = (model_dir / "SOURCE").read_text().strip() if (model_dir / "SOURCE").is_file() else None
     return {"name": model_dir.name, "dir": str(model_dir), "variant": variant, "source": source,
             "metrics": metrics, "conversion": conversion, "deploy": deploy, "fidelity": fidelity, "bench": bench,
             "artifacts": artifacts, "parameters": metrics.get("parameters"),
             "macs": (conversion or {}).get("akida", {}).get("macs"), "smallest_device": mapped,
-            "smallest_one_pass_device": one_pass}
+            "smallest_one_pass_device": one_pass, "compute_min_device": minimal}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,6 +262,8 @@ def load_ablation(path: str | Path) -> dict:
                              "n_images": int, "n_units": int,
                              "top1": {"value", "low", "high"}, "balanced_accuracy": {...}, "macro_f1": {...},
                              "macs": int | null, "params": int | null, "nps": int | null,
+                             "nps_device": absent (NPs on the smallest one-pass standard device)
+                                           | "compute_min_device" (fits no standard device),
                              "paired_vs_reference": null | {"top1": {"difference", "low", "high", "real"}, ...}}}]}
 
     Raises ReportError naming the file and row of every problem.
@@ -303,6 +307,9 @@ def load_ablation(path: str | Path) -> dict:
         for key in ("macs", "params", "nps"):
             if result.get(key) is not None and not (isinstance(result[key], int) and result[key] >= 0):
                 problems.append(f"{where}: result.{key} must be a non-negative integer or null, got {result[key]!r}")
+        if result.get("nps_device", "compute_min_device") != "compute_min_device":
+            problems.append(f"{where}: result.nps_device must be absent or 'compute_min_device', "
+                            f"got {result['nps_device']!r}")
         paired = result.get("paired_vs_reference")
         if paired is not None:
             for key, d in paired.items():
@@ -364,12 +371,16 @@ def fill_ablation_row(table_path: str | Path, row: str, evaluation_path: str | P
     if not is_reference and reference is None:
         raise ReportError(f"reference evaluation {reference_path} not found")
     run_dir = Path(run_dir) if run_dir else Path(evaluation["model"]).parent
-    summary = {"macs": None, "parameters": None, "smallest_one_pass_device": None}
+    summary = {"macs": None, "parameters": None, "smallest_one_pass_device": None, "compute_min_device": None}
     if (run_dir / "metrics.json").is_file():
         summary = model_summary(run_dir)
     device = summary["smallest_one_pass_device"]  # the NPs of a one-pass mapping, as in the hardware-cost table
+    # A model too big for every standard device still has a footprint: the NPs of the device akida sizes for it.
+    device = device or summary["compute_min_device"]
     result = ablation_result(evaluation, reference, macs=summary["macs"], params=summary["parameters"],
                              nps=device["nps"] if device else None, source=str(evaluation_path), n_boot=n_boot)
+    if device is not None and device["device"] == "compute_min_device":
+        result["nps_device"] = "compute_min_device"
     data["rows"][names.index(row)]["result"] = result
     write_json(table_path, data)
     load_ablation(table_path)  # the table still passes its own checks
@@ -378,6 +389,14 @@ def fill_ablation_row(table_path: str | Path, row: str, evaluation_path: str | P
 
 def _artifact_kind(model: str) -> str:
     return "akida" if model.endswith(".fbz") else "float" if model.endswith("_float.h5") else "quantized"
+
+
+def _fmt_nps(result: dict) -> str:
+    if result.get("nps") is None:
+        return "not measured"
+    if result.get("nps_device") == "compute_min_device":
+        return f"{result['nps']} (fits no standard device)"
+    return str(result["nps"])
 
 
 def render_ablation(data: dict) -> str:
@@ -400,7 +419,7 @@ def render_ablation(data: dict) -> str:
                        for k in ("top1", "macro_f1", "balanced_accuracy")],
                      f"{r['macs'] / 1e6:.1f}" if r.get("macs") is not None else "not measured",
                      f"{r['params']:,}" if r.get("params") is not None else "not measured",
-                     str(r["nps"]) if r.get("nps") is not None else "not measured"])
+                     _fmt_nps(r)])
     lines = [f"### {data.get('title', 'Ablation')}", ""]
     if data.get("description"):
         lines += [data["description"], ""]
