@@ -77,9 +77,17 @@ def test_planned_ablation_tables_render_not_run():
                 assert line.count("not run") == 10
 
 
+def _empty_ablation_plan():
+    """The committed ablation plan with every result removed, so tests do not depend on which rows were run."""
+    plan = load_ablation(REPO / "models" / "ablations" / "architecture.json")
+    for row in plan["rows"]:
+        row.pop("result", None)
+    return plan
+
+
 def test_ablation_rows_from_evaluations_render_with_paired_differences(tmp_path):
     reference, better = _evaluation(0.5), _evaluation(0.9, seed=1)
-    plan = load_ablation(REPO / "models" / "ablations" / "architecture.json")
+    plan = _empty_ablation_plan()
     plan["rows"][0]["result"] = ablation_result(reference, macs=110_487_552, params=403_383, nps=46)
     plan["rows"][2]["result"] = ablation_result(better, reference, macs=90_000_000, params=300_000, nps=None)
     path = tmp_path / "ablation.json"
@@ -307,7 +315,7 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     from qana_keras.cli import main
 
     table = tmp_path / "architecture.json"
-    shutil.copy(REPO / "models" / "ablations" / "architecture.json", table)
+    write_json(table, _empty_ablation_plan())
     write_json(tmp_path / "ref.json", _evaluation(0.5))
     write_json(tmp_path / "row.json", _evaluation(0.9, seed=1))
     args = ["ablation-row", "--table", str(table), "--evaluation", str(tmp_path / "row.json"), "--n-boot", "200"]
