@@ -402,8 +402,8 @@ def _fmt_nps(result: dict) -> str:
 def render_ablation(data: dict) -> str:
     """Markdown table of an ablation; rows without a result read "not run", absent hardware figures
     "not measured". Paired differences (points) in bold when their 95% interval excludes zero."""
-    header = ["row", "artifact", *[f"{t} [95% CI]" for _, t in METRICS], "Δ top-1 vs ref (pt)",
-              "Δ macro-F1 vs ref (pt)", "Δ bal. acc. vs ref (pt)", "Akida MACs (M)", "params", "NPs"]
+    header = ["row", "artifact", *[f"{t} [95% CI]" for _, t in METRICS], *[f"Δ {t} vs ref (pt)" for _, t in METRICS],
+              "Akida MACs (M)", "params", "NPs"]
     rows = []
     for row in data["rows"]:
         name = row["name"] + (" (reference)" if row["name"] == data["reference"] else "")
@@ -416,7 +416,7 @@ def render_ablation(data: dict) -> str:
         rows.append([name, r.get("artifact") or "?",
                      *[fmt_ci(r[k]["value"], r[k]) for k, _ in METRICS],
                      *["—" if reference else fmt_diff(paired.get(k)) if paired else "not computed"
-                       for k in ("top1", "macro_f1", "balanced_accuracy")],
+                       for k, _ in METRICS],
                      f"{r['macs'] / 1e6:.1f}" if r.get("macs") is not None else "not measured",
                      f"{r['params']:,}" if r.get("params") is not None else "not measured",
                      _fmt_nps(r)])
