@@ -13,8 +13,8 @@ from fixtures import REPO, write_ham10000_fixture, write_pad_ufes_fixture
 from qana_keras import CLASSES
 from qana_keras.evaluate import evaluation_metrics
 from qana_keras.io import read_json, write_json
-from qana_keras.report import (ReportError, ablation_result, build_report, fingerprint, fmt_ci, load_ablation,
-                               render_ablation, replace_block, rewrite_block)
+from qana_keras.report import (ReportError, ablation_result, build_report, fill_ablation_row, fingerprint, fmt_ci,
+                               load_ablation, render_ablation, replace_block, rewrite_block)
 
 QUIET = dict(log=lambda *_: None)
 COMMITTED = REPO / "models" / "qana"
@@ -112,7 +112,8 @@ def test_ablation_rows_from_evaluations_render_with_paired_differences(tmp_path)
 
 def test_bad_ablation_tables_name_the_file_and_row(tmp_path):
     plan = load_ablation(REPO / "models" / "ablations" / "architecture.json")
-    plan["rows"][1]["result"] = {"top1": {"value": 1.3, "low": 0.1, "high": 0.2}, "macs": -1}
+    plan["rows"][1]["result"] = {"top1": {"value": 1.3, "low": 0.1, "high": 0.2}, "macs": -1,
+                                 "float_vs_akida": {"float": {"top1": 0.7}}}
     plan["reference"] = "nobody"
     path = tmp_path / "bad.json"
     write_json(path, plan)
@@ -122,6 +123,7 @@ def test_bad_ablation_tables_name_the_file_and_row(tmp_path):
     assert str(path) in text and "reference 'nobody'" in text
     assert "row 2 ('qana-paper (gated SA-ECA and SE)'): result.top1 must be" in text
     assert "result.macs must be a non-negative integer" in text and "result.macro_f1" in text
+    assert "result.float_vs_akida must be" in text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,6 +331,13 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")  # its one-pass device
     assert next(d for d in deploy if d["device"] == "TwelveNodesIPv2")["passes"] == 1
     assert result["paired_vs_reference"]["top1"]["real"]
+    fidelity = read_json(COMMITTED / "fidelity.json")  # float and Akida figures of the run, side by side
+    assert result["float_vs_akida"]["float"]["macro_f1"] == fidelity["models"]["float"]["macro_f1"]
+    assert result["float_vs_akida"]["akida"]["top1"] == fidelity["models"]["akida"]["top1"]
+    line = next(li for li in render_ablation(load_ablation(table)).splitlines()
+                if li.startswith("| no SE |") and "%" in li)
+    assert f"| {fidelity['models']['float']['top1']:.3f} |" in line
+    assert f"{100 * fidelity['argmax_agreement']['akida_vs_float']:.1f} %" in line
     assert "not run" in render_ablation(load_ablation(table))  # the other rows stay empty
     filled = ["--row", "no SE", "--run", str(COMMITTED), "--reference", str(tmp_path / "ref.json")]
     write_json(tmp_path / "row.json", _evaluation(0.5, seed=2))
@@ -347,6 +356,13 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     result = next(r for r in load_ablation(table)["rows"] if r["name"] == "no SA-ECA")["result"]
     assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")
     assert "nps_device" not in result
+    assert result["float_vs_akida"] is None  # this run has no fidelity.json, and the table says so
+    assert "| no SA-ECA | no fidelity.json |" in render_ablation(load_ablation(table))
+    write_json(run / "fidelity.json", {"n_images": 3, "models": {"float": {}}})  # not a deploy report
+    with pytest.raises(ReportError, match="fidelity.json: not a fidelity report"):
+        fill_ablation_row(table, "no SA-ECA", tmp_path / "row.json", tmp_path / "ref.json", run, n_boot=50,
+                          overwrite=True)
+    (run / "fidelity.json").unlink()
 
     # too big for every standard device (as at 96x96): the NPs of compute_min_device, and the table says so
     too_big = [{**d, "ok": False, "passes": None, "nps": None} if d["device"] != "compute_min_device"

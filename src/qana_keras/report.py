@@ -264,7 +264,10 @@ def load_ablation(path: str | Path) -> dict:
                              "macs": int | null, "params": int | null, "nps": int | null,
                              "nps_device": absent (NPs on the smallest one-pass standard device)
                                            | "compute_min_device" (fits no standard device),
-                             "paired_vs_reference": null | {"top1": {"difference", "low", "high", "real"}, ...}}}]}
+                             "paired_vs_reference": null | {"top1": {"difference", "low", "high", "real"}, ...},
+                             "float_vs_akida": absent | null | {"source": "<fidelity.json>", "n_images": int,
+                                 "float": {"top1", "balanced_accuracy", "macro_f1"}, "akida": {...},
+                                 "argmax_agreement": float, "all_targets_met": bool}}}]}
 
     Raises ReportError naming the file and row of every problem.
     """
@@ -316,6 +319,13 @@ def load_ablation(path: str | Path) -> dict:
                 if not (isinstance(d, dict) and all(isinstance(d.get(f), (int, float))
                                                     for f in ("difference", "low", "high"))):
                     problems.append(f"{where}: paired_vs_reference.{key} must be {{difference, low, high, real}}")
+        fa = result.get("float_vs_akida")
+        if fa is not None and not (isinstance(fa, dict) and all(
+                isinstance(fa.get(kind), dict) and all(isinstance(fa[kind].get(k), (int, float)) for k, _ in METRICS)
+                for kind in ("float", "akida")) and isinstance(fa.get("argmax_agreement"), (int, float))
+                and isinstance(fa.get("all_targets_met"), bool)):
+            problems.append(f"{where}: result.float_vs_akida must be absent, null or {{float, akida, argmax_agreement, "
+                            "all_targets_met}} (refill the row with `qana ablation-row ... --overwrite`)")
     if problems:
         raise ReportError(f"ablation table {path} is not usable:\n" + "\n".join(f"  - {p}" for p in problems))
     return data
@@ -381,10 +391,27 @@ def fill_ablation_row(table_path: str | Path, row: str, evaluation_path: str | P
                              nps=device["nps"] if device else None, source=str(evaluation_path), n_boot=n_boot)
     if device is not None and device["device"] == "compute_min_device":
         result["nps_device"] = "compute_min_device"
+    result["float_vs_akida"] = float_vs_akida(run_dir / "fidelity.json")
     data["rows"][names.index(row)]["result"] = result
     write_json(table_path, data)
     load_ablation(table_path)  # the table still passes its own checks
     return data["rows"][names.index(row)]
+
+
+def float_vs_akida(fidelity_path: Path) -> dict | None:
+    """The float and Akida test figures of a run's fidelity.json (``qana deploy``), for the ablation tables'
+    float-vs-Akida view; None when the run has no fidelity report."""
+    fidelity = _read(Path(fidelity_path))
+    if fidelity is None:
+        return None
+    try:
+        return {"source": str(fidelity_path), "n_images": fidelity["n_images"],
+                **{kind: {k: fidelity["models"][kind][k] for k, _ in METRICS} for kind in ("float", "akida")},
+                "argmax_agreement": fidelity["argmax_agreement"]["akida_vs_float"],
+                "all_targets_met": fidelity["all_targets_met"]}
+    except (KeyError, TypeError) as e:
+        raise ReportError(f"{fidelity_path}: not a fidelity report of `qana deploy` (missing {e}); "
+                          "re-run `qana deploy --run <run>`") from None
 
 
 def _artifact_kind(model: str) -> str:
@@ -424,10 +451,33 @@ def render_ablation(data: dict) -> str:
     if data.get("description"):
         lines += [data["description"], ""]
     lines += [f"Evaluated on: {data.get('evaluated_on', 'not stated')}.", "", table(header, rows)]
+    lines += _float_vs_akida_table(data)
     commands = [f"- {row['name']}: `{row['command']}`" for row in data["rows"] if row.get("command")]
     if commands:
         lines += ["", "Commands:", "", *commands]
     return "\n".join(lines)
+
+
+def _float_vs_akida_table(data: dict) -> list[str]:
+    """Markdown lines: each run row's float Keras and Akida test figures side by side (from fidelity.json)."""
+    rows = []
+    for row in data["rows"]:
+        fa = (row.get("result") or {}).get("float_vs_akida")
+        if row.get("result") is None:
+            continue
+        if fa is None:
+            rows.append([row["name"]] + ["no fidelity.json"] * 8)
+            continue
+        rows.append([row["name"], *[f"{fa['float'][k]:.3f}" for k, _ in METRICS],
+                     *[f"{fa['akida'][k]:.3f}" for k, _ in METRICS],
+                     f"{100 * fa['argmax_agreement']:.1f} %", "yes" if fa["all_targets_met"] else "no"])
+    if not rows:
+        return []
+    header = ["row", *[f"float {t}" for _, t in METRICS], *[f"Akida {t}" for _, t in METRICS],
+              "argmax agreement Akida vs float", "fidelity targets met"]
+    return ["", "Float Keras model and its Akida conversion on the same test images (`fidelity.json` of "
+            "`qana deploy`; targets: top-1 within 0.5 pt, macro-F1 within 1 pt, agreement >= 99 %, no class "
+            "recall down > 2 pt):", "", table(header, rows)]
 
 
 # ---------------------------------------------------------------------------------------------------
