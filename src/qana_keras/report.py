@@ -462,9 +462,9 @@ def _float_vs_akida_table(data: dict) -> list[str]:
     """Markdown lines: each run row's float Keras and Akida test figures side by side (from fidelity.json)."""
     rows = []
     for row in data["rows"]:
-        fa = (row.get("result") or {}).get("float_vs_akida")
         if row.get("result") is None:
             continue
+        fa = row["result"].get("float_vs_akida")
         if fa is None:
             rows.append([row["name"]] + ["no fidelity.json"] * 8)
             continue
