@@ -26,6 +26,7 @@ from qana_keras import CLASSES
 from qana_keras.config import Config, load_config
 from qana_keras.data.dataset import load_splits, run_classes
 from qana_keras.data.pipeline import class_weights, make_dataset
+from qana_keras.distill import mixed_targets, read_soft_targets
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
 from qana_keras.metrics import bootstrap_intervals, classification_metrics, macro_f1
 from qana_keras.models.qana import build_model
@@ -164,6 +165,12 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     weights = class_weights(train_data.labels, len(classes), t.class_weighting)
     log("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights)))
     steps_per_epoch = int(np.ceil(len(train_data) / t.batch_size))
+    targets = None
+    if t.soft_targets:
+        teacher = read_soft_targets(t.soft_targets, train_data.frame["image_id"].tolist(), classes)
+        targets = mixed_targets(train_data.labels, teacher, t.soft_target_weight)
+        log(f"soft targets: {t.soft_target_weight:g} x teacher ({t.soft_targets}) + "
+            f"{1 - t.soft_target_weight:g} x labels; teacher train top-1 {np.mean(teacher.argmax(1) == train_data.labels):.3f}")
 
     strategy = distribution_strategy()
     with strategy.scope():
@@ -198,7 +205,7 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         start = time.perf_counter()
         sample_weights = weights[train_data.labels]
         ds = make_dataset(train_data.images, train_data.labels, len(classes), t.batch_size, t, training=True,
-                          epoch=epoch, sample_weights=sample_weights)
+                          epoch=epoch, sample_weights=sample_weights, targets=targets)
         fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[tensorboard])
         val_logits = predict_logits(model, val_data.images)
         val_pred = val_logits.argmax(1)

@@ -60,12 +60,13 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: TrainConfig) -> tf.Tensor
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                  config: TrainConfig | None = None, training: bool = False, epoch: int = 0,
-                 sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
+                 sample_weights: np.ndarray | None = None, targets: np.ndarray | None = None) -> tf.data.Dataset:
     """Batches of (uint8 images, one-hot labels[, sample weights]) for one epoch.
 
     With ``training``, the order is shuffled and images augmented from (config.seed, epoch); with
     ``config.balanced_sampling`` the epoch draws images with probability inversely proportional to
-    their class frequency (same epoch length), also seeded.
+    their class frequency (same epoch length), also seeded. ``targets`` (N, K) replaces the one-hot labels
+    (soft targets of a teacher, qana_keras.distill).
     """
     n = len(images)
     if training:
@@ -80,8 +81,11 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
             order = rng.permutation(n)
     else:
         order = np.arange(n)
-    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
-    tensors = [images[order], one_hot[order]]
+    if targets is None:
+        targets = np.eye(num_classes, dtype=np.float32)[labels]
+    elif targets.shape != (n, num_classes):
+        raise ValueError(f"targets {targets.shape} do not match {n} images x {num_classes} classes")
+    tensors = [images[order], targets[order].astype(np.float32)]
     if sample_weights is not None:
         tensors.append(sample_weights[order].astype(np.float32))
     ds = tf.data.Dataset.from_tensor_slices(tuple(tensors))

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Teacher-ensemble soft targets for distillation (``train.soft_targets``; see qana_keras.distill).
+
+Each image of the split file (every split, so the file also serves analysis) gets the mean softmax of
+the teachers, each averaged over the 8 flips/rotations. Refuses to replace an existing file unless
+--overwrite.
+
+usage: python scripts/teacher_targets.py TEACHER.h5 [TEACHER.h5 ...] --out FILE.npz [--overwrite]
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+from qana_keras import CLASSES
+from qana_keras.config import DataConfig
+from qana_keras.data.dataset import load_splits
+from qana_keras.distill import model_probabilities, write_soft_targets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("teachers", nargs="+", help="float Keras .h5 models over the 7 classes, 64x64 input")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    if Path(args.out).exists() and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to replace it")
+    start = time.perf_counter()
+    data = load_splits(DataConfig())
+    ids = np.concatenate([d.frame["image_id"].to_numpy() for d in data.values()])
+    images = np.concatenate([d.images for d in data.values()])
+    labels = np.concatenate([d.labels for d in data.values()])
+    total = np.zeros((len(ids), len(CLASSES)))
+    for path in args.teachers:
+        model = tf.keras.models.load_model(path, compile=False)
+        if model.output_shape[-1] != len(CLASSES):
+            raise SystemExit(f"{path}: {model.output_shape[-1]} outputs; teachers must predict the {len(CLASSES)} "
+                             f"classes {', '.join(CLASSES)}")
+        total += model_probabilities(model, images)
+        print(f"{path}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+    probabilities = total / len(args.teachers)
+    write_soft_targets(args.out, ids, probabilities, CLASSES, args.teachers)
+    for name, d in data.items():
+        rows = np.isin(ids, d.frame["image_id"].to_numpy())
+        print(f"{name}: teacher top-1 {np.mean(probabilities[rows].argmax(1) == labels[rows]):.4f}  "
+              f"mean max probability {probabilities[rows].max(1).mean():.3f}")
+    print(f"wrote {args.out} ({len(ids)} images, {len(args.teachers)} teachers, {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
