@@ -20,7 +20,8 @@ from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.distill import model_probabilities
 from qana_keras.io import write_json
-from qana_keras.metrics import bootstrap_intervals, classification_metrics, paired_bootstrap_difference
+from qana_keras.metrics import (bootstrap_intervals, classification_metrics, format_difference,
+                                paired_bootstrap_difference)
 
 KEYS = ("top1", "balanced_accuracy", "macro_f1")
 
@@ -61,8 +62,7 @@ def main() -> None:
     print(f"ensemble of {len(rows)}{' with 8-view TTA' if args.tta else ''}: val {ensemble['val']}  "
           f"test {ensemble['test']}")
     for name, d in result["ensemble_minus_first_test"].items():
-        print(f"  ensemble - {Path(args.models[0]).name} on test {name}: {100 * d['difference']:+.1f} "
-              f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]{' *' if d['real'] else ''}")
+        print(f"  ensemble - {Path(args.models[0]).name} on test {name}: {format_difference(d)}")
     if args.json:
         write_json(args.json, result)
 

@@ -17,7 +17,7 @@ from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.distill import model_probabilities
 from qana_keras.io import write_json
-from qana_keras.metrics import classification_metrics, paired_bootstrap_difference
+from qana_keras.metrics import classification_metrics, format_difference, paired_bootstrap_difference
 
 KEYS = ("top1", "balanced_accuracy", "macro_f1")
 
@@ -45,8 +45,7 @@ def main() -> None:
         result[f"b_minus_a_{split}"] = difference
         print(f"{split}: A {result[f'a_{split}']}  B {result[f'b_{split}']}")
         for name, d in difference.items():
-            print(f"  B - A {name}: {100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-                  f"{' *' if d['real'] else ''}")
+            print(f"  B - A {name}: {format_difference(d)}")
     if args.json:
         write_json(args.json, result)
 

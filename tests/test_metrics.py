@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qana_keras.metrics import bootstrap_intervals, classification_metrics, paired_bootstrap_difference
+from qana_keras.metrics import bootstrap_intervals, classification_metrics, format_difference, paired_bootstrap_difference
 
 
 def test_classification_metrics_on_a_known_case():
@@ -37,3 +37,10 @@ def test_paired_difference_detects_a_real_gain_and_not_noise():
     assert real["top1"]["real"] and real["top1"]["low"] > 0
     same = paired_bootstrap_difference(labels, worse, worse.copy(), lesions, n_boot=300)
     assert not same["macro_f1"]["real"]
+
+
+def test_format_difference_in_points_and_marks_only_real_ones():
+    assert format_difference({"difference": 0.006, "low": -0.011, "high": 0.026, "real": False}) == "+0.6 [-1.1, +2.6]"
+    real = {"difference": -0.025, "low": -0.040, "high": -0.009, "real": True}
+    assert format_difference(real) == "-2.5 [-4.0, -0.9] *"
+    assert format_difference(real, mark="*") == "-2.5 [-4.0, -0.9]*"

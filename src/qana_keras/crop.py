@@ -594,6 +594,8 @@ def threshold_sweep(maps: np.ndarray, shapes: np.ndarray, mask_boxes_: np.ndarra
 
 def format_report(report: dict, split: str = "test") -> str:
     """The figures of :func:`evaluate_crops` as a short text table."""
+    from qana_keras.metrics import format_difference
+
     r = report[split]
     lines = [f"{split}: {r['n_images']} images, {r['n_lesions']} lesions; saliency {report['saliency']} "
              f"({report['saliency_layer']}) of {report['saliency_model']}; classifier {report['classifier']}"]
@@ -611,8 +613,7 @@ def format_report(report: dict, split: str = "test") -> str:
         if v != "whole":
             p = r["paired_vs_whole"][v]
             diff = "  ".join(f"{k.replace('balanced_accuracy', 'bal').replace('macro_f1', 'F1')} "
-                             f"{100 * p[k]['difference']:+.1f} [{100 * p[k]['low']:+.1f}, {100 * p[k]['high']:+.1f}]"
-                             f"{'*' if p[k]['real'] else ''}" for k in ("top1", "macro_f1", "balanced_accuracy"))
+                             f"{format_difference(p[k], mark='*')}" for k in ("top1", "macro_f1", "balanced_accuracy"))
         lines.append(f"  {v:22s} {s['top1']:7.4f} {s['macro_f1']:9.4f} {s['balanced_accuracy']:8.4f}   {diff}")
     if "threshold_sweep" in r:
         lines.append("  map threshold -> mean IoU (area): " + ", ".join(

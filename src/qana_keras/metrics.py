@@ -77,6 +77,12 @@ def bootstrap_intervals(labels, predictions, groups, n_boot: int = 1000, seed: i
             for name, v in samples.items()}
 
 
+def format_difference(d: dict, mark: str = " *") -> str:
+    """One paired difference in points, e.g. ``+0.6 [-1.1, +2.6]``, with ``mark`` when it is real."""
+    return (f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+            f"{mark if d['real'] else ''}")
+
+
 def paired_bootstrap_difference(labels, predictions_a, predictions_b, groups, n_boot: int = 1000, seed: int = 0,
                                 alpha: float = 0.05) -> dict:
     """Interval of metric(b) - metric(a) on the same lesion resamples; ``real`` when it excludes zero."""
