@@ -30,13 +30,12 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     data = load_splits(DataConfig())
-    models = {"a": args.a, "b": args.b}
+    models = {key: tf.keras.models.load_model(path, compile=False) for key, path in (("a", args.a), ("b", args.b))}
     result = {"a": args.a, "b": args.b, "tta": args.tta}
     for split in ("val", "test"):
         labels, groups = data[split].labels, data[split].frame["lesion_id"].to_numpy()
         predictions = {}
-        for key, path in models.items():
-            model = tf.keras.models.load_model(path, compile=False)
+        for key, model in models.items():
             probabilities = model_probabilities(model, data[split].images, args.tta)
             metrics = classification_metrics(labels, np.log(np.clip(probabilities, 1e-12, None)))
             result[f"{key}_{split}"] = {k: round(float(metrics[k]), 4) for k in KEYS}
