@@ -20,15 +20,7 @@ from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.distill import model_probabilities
 from qana_keras.io import write_json
-from qana_keras.metrics import (bootstrap_intervals, classification_metrics, format_difference,
-                                paired_bootstrap_difference)
-
-KEYS = ("top1", "balanced_accuracy", "macro_f1")
-
-
-def summary(labels, probabilities) -> dict:
-    metrics = classification_metrics(labels, np.log(np.clip(probabilities, 1e-12, None)))
-    return {k: round(float(metrics[k]), 4) for k in KEYS}
+from qana_keras.metrics import bootstrap_intervals, format_difference, headline_metrics, paired_bootstrap_difference
 
 
 def main() -> None:
@@ -46,10 +38,11 @@ def main() -> None:
         for split in probabilities:
             p = model_probabilities(model, data[split].images, args.tta)
             probabilities[split].append(p)
-            row[split] = summary(data[split].labels, p)
+            row[split] = headline_metrics(data[split].labels, p.argmax(1))
         rows.append(row)
         print(f"{path}: val {row['val']}  test {row['test']}", flush=True)
-    ensemble = {split: summary(data[split].labels, np.mean(ps, axis=0)) for split, ps in probabilities.items()}
+    ensemble = {split: headline_metrics(data[split].labels, np.mean(ps, axis=0).argmax(1))
+                for split, ps in probabilities.items()}
     test = data["test"]
     groups = test.frame["lesion_id"].to_numpy()
     ensemble_pred = np.mean(probabilities["test"], axis=0).argmax(1)

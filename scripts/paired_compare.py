@@ -9,17 +9,13 @@ usage: python scripts/paired_compare.py A.h5 B.h5 [--tta] [--json OUT]
 """
 import argparse
 
-import numpy as np
-
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.distill import model_probabilities
 from qana_keras.io import write_json
-from qana_keras.metrics import classification_metrics, format_difference, paired_bootstrap_difference
-
-KEYS = ("top1", "balanced_accuracy", "macro_f1")
+from qana_keras.metrics import format_difference, headline_metrics, paired_bootstrap_difference
 
 
 def main() -> None:
@@ -36,10 +32,8 @@ def main() -> None:
         labels, groups = data[split].labels, data[split].frame["lesion_id"].to_numpy()
         predictions = {}
         for key, model in models.items():
-            probabilities = model_probabilities(model, data[split].images, args.tta)
-            metrics = classification_metrics(labels, np.log(np.clip(probabilities, 1e-12, None)))
-            result[f"{key}_{split}"] = {k: round(float(metrics[k]), 4) for k in KEYS}
-            predictions[key] = probabilities.argmax(1)
+            predictions[key] = model_probabilities(model, data[split].images, args.tta).argmax(1)
+            result[f"{key}_{split}"] = headline_metrics(labels, predictions[key])
         difference = paired_bootstrap_difference(labels, predictions["a"], predictions["b"], groups)
         result[f"b_minus_a_{split}"] = difference
         print(f"{split}: A {result[f'a_{split}']}  B {result[f'b_{split}']}")

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from qana_keras.metrics import bootstrap_intervals, classification_metrics, format_difference, paired_bootstrap_difference
+from qana_keras.metrics import (bootstrap_intervals, classification_metrics, format_difference, headline_metrics,
+                               paired_bootstrap_difference)
 
 
 def test_classification_metrics_on_a_known_case():
@@ -44,3 +45,11 @@ def test_format_difference_in_points_and_marks_only_real_ones():
     real = {"difference": -0.025, "low": -0.040, "high": -0.009, "real": True}
     assert format_difference(real) == "-2.5 [-4.0, -0.9] *"
     assert format_difference(real, mark="*") == "-2.5 [-4.0, -0.9]*"
+
+
+def test_headline_metrics_agree_with_the_full_metrics():
+    rng = np.random.default_rng(2)
+    labels, logits = rng.integers(0, 7, 200), rng.normal(size=(200, 7))
+    full = classification_metrics(labels, logits)
+    assert headline_metrics(labels, logits.argmax(1)) == {k: round(full[k], 4)
+                                                         for k in ("top1", "balanced_accuracy", "macro_f1")}

@@ -54,6 +54,12 @@ METRIC_FUNCTIONS = {
 }
 
 
+def headline_metrics(labels, predictions, digits: int = 4) -> dict:
+    """Top-1, balanced accuracy and macro-F1 of predicted labels, rounded for printing and JSON."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    return {name: round(fn(labels, predictions), digits) for name, fn in METRIC_FUNCTIONS.items()}
+
+
 def _lesion_resamples(groups: np.ndarray, n_boot: int, seed: int):
     """Yield image-index arrays, each a bootstrap resample of whole lesions (groups)."""
     unique, inverse = np.unique(groups, return_inverse=True)
