@@ -154,6 +154,31 @@ def write_isic2018_fixture(root: Path, per_class: int = 2, size: tuple[int, int]
     return images, gt
 
 
+ISIC2019_COLUMNS = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+ISIC2019_TO_HAM = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AK": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
+
+
+def write_isic2019_fixture(root: Path, rows: list[tuple[str, str, str]], size: tuple[int, int] = (48, 48),
+                           seed: int = 0) -> Path:
+    """An ISIC 2019 training-layout folder: ``rows`` of (image id as listed, ISIC class column, lesion_id or "").
+
+    Every listed image gets a file named by its listed id (with any ``_downsampled`` suffix). Returns ``root``.
+    """
+    root = Path(root)
+    images = root / "ISIC_2019_Training_Input"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    truth, meta = [",".join(ISIC2019_COLUMNS)], ["image,age_approx,anatom_site_general,lesion_id,sex"]
+    for image, column, lesion in rows:
+        color = CLASS_COLORS.get(ISIC2019_TO_HAM.get(column, ""), (128, 128, 128))
+        Image.fromarray(blob_image(rng, color, size)).save(images / f"{image}.jpg", quality=90)
+        truth.append(",".join([image] + ["1.0" if c == column else "0.0" for c in ISIC2019_COLUMNS[1:]]))
+        meta.append(f"{image},45,back,{lesion},female")
+    (root / "ISIC_2019_Training_GroundTruth.csv").write_text("\n".join(truth) + "\n")
+    (root / "ISIC_2019_Training_Metadata.csv").write_text("\n".join(meta) + "\n")
+    return root
+
+
 # Widths of a QANA that builds, quantizes and converts in seconds.
 TINY_QANA = dict(widths=(8, 16), stem_filters=8, head_channels=8, sa_eca_stages=(2,), se_ratio=4)
 

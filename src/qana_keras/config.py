@@ -40,6 +40,9 @@ class DataConfig:
     # A class subset (names from CLASSES, in output order) drops the other classes' images from every split:
     # a backbone that has never seen them, for the class-incremental protocol of `qana learn`. () = all 7.
     classes: tuple[str, ...] = ()
+    # Extra training sources in the ISIC 2019 training layout (folders; $VARS expanded, e.g. $QANA_ISIC2019_DIR).
+    # Their lesions split by hash into train and a per-source validation set (val_<folder name>); never test.
+    extra_sources: tuple[str, ...] = ()
 
 
 @dataclass
@@ -56,6 +59,8 @@ class ModelConfig:
     # the spike transform strides by 2 (96x96: 6x6x128 = 4608 -> 3x3x128 = 1152); see models.qana.head_stride.
     head_grid: int = 4
     dropout: float = 0.1
+    # Pretrained variants (lite0-b*): start from the ImageNet weights; false = the same network from random weights.
+    pretrained: bool = True
 
 
 @dataclass
@@ -80,6 +85,8 @@ class TrainConfig:
     # weight of its probabilities in the training target; "" = train on the labels alone.
     soft_targets: str = ""
     soft_target_weight: float = 0.5
+    # Pretrained backbones: their layers (qana_keras.models.pretrained.PREFIX) learn at this fraction of the rate.
+    backbone_lr_scale: float = 1.0
     max_images: int = 0  # 0 = all; > 0 keeps a class-stratified subset per split (quick profile)
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import balanced_accuracy_score
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
@@ -29,6 +30,7 @@ from qana_keras.data.pipeline import class_weights, make_dataset
 from qana_keras.distill import mixed_targets, read_soft_targets
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
 from qana_keras.metrics import bootstrap_intervals, classification_metrics, macro_f1
+from qana_keras.models.pretrained import PREFIX as PRETRAINED_PREFIX
 from qana_keras.models.qana import build_model
 from qana_keras.plots import plot_confusion_matrix, plot_history, plot_per_class
 from qana_keras.provenance import versions
@@ -74,15 +76,50 @@ def dropout_generators(model) -> dict:
     return generators
 
 
+class BackboneScaledAdamW(keras.optimizers.AdamW):
+    """AdamW whose steps on variables named ``prefix...`` (a pretrained backbone) are ``scale`` times smaller.
+
+    Adam normalises gradients, so scaling them would change nothing: the update itself is scaled.
+    """
+
+    def __init__(self, *args, prefix: str = "", scale: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backbone_prefix, self.backbone_scale = prefix, scale
+
+    def _is_backbone(self, variable) -> bool:
+        return bool(self.backbone_prefix) and variable.name.startswith(self.backbone_prefix)
+
+    def update_step(self, gradient, variable):
+        if self.backbone_scale == 1.0 or not self._is_backbone(variable):
+            return super().update_step(gradient, variable)
+        before = tf.identity(variable)
+        super().update_step(gradient, variable)
+        variable.assign(before + self.backbone_scale * (variable - before))
+
+    def _apply_weight_decay(self, variables):
+        backbone = [v for v in variables if self._is_backbone(v)]
+        if self.backbone_scale == 1.0 or not backbone:
+            return super()._apply_weight_decay(variables)
+        super()._apply_weight_decay([v for v in variables if not self._is_backbone(v)])
+        before = [tf.identity(v) for v in backbone]
+        super()._apply_weight_decay(backbone)
+        for variable, old in zip(backbone, before):
+            variable.assign(old + self.backbone_scale * (variable - old))
+
+
 def build_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """AdamW with linear warm-up and cosine decay to zero over the whole run."""
+    """AdamW with linear warm-up and cosine decay to zero over the whole run.
+
+    With ``train.backbone_lr_scale`` < 1, pretrained backbone layers (``models.pretrained.PREFIX``) learn slower.
+    """
     t = config.train
     total = max(1, t.epochs * steps_per_epoch)
     warmup = min(total - 1, t.warmup_epochs * steps_per_epoch)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else t.learning_rate, decay_steps=total - warmup,
         warmup_target=t.learning_rate if warmup else None, warmup_steps=warmup)
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay)
+    optimizer = BackboneScaledAdamW(learning_rate=schedule, weight_decay=t.weight_decay, prefix=PRETRAINED_PREFIX,
+                                    scale=t.backbone_lr_scale)
     # Decay only conv/dense kernels: BN scales and biases set operating points, not capacity.
     optimizer.exclude_from_weight_decay(var_names=["BN", "bias"])
     return optimizer
@@ -214,6 +251,9 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
                "val_macro_f1": macro_f1(val_data.labels, val_pred, len(classes)),
                "learning_rate": float(optimizer.learning_rate),
                "seconds": round(time.perf_counter() - start, 1)}
+        for split in extra_validation_splits(data):  # other sources: watched, not used for selection
+            pred = predict_logits(model, data[split].images).argmax(1)
+            row[f"{split}_balanced_accuracy"] = float(balanced_accuracy_score(data[split].labels, pred))
         improved = row["val_macro_f1"] > state["best_val_macro_f1"]
         if improved:
             with atomic_path(best_path) as tmp:
@@ -235,13 +275,18 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     return metrics
 
 
+def extra_validation_splits(data: dict) -> list[str]:
+    """The validation splits of extra sources (``val_<source>``), in load order."""
+    return [name for name in data if name.startswith("val_")]
+
+
 def evaluate_run(run_dir: Path, config: Config, data, state: dict, log=print) -> dict:
     """Evaluate the selected float model once on validation and test; write metrics.json and plots."""
     model = keras.models.load_model(float_model_path(run_dir, config.model.variant), compile=False)
     out = {"variant": config.model.variant, "selected_epoch": state["best_epoch"],
            "selection": "best validation macro-F1", "parameters": int(model.count_params()),
            "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}
-    for split in ("val", "test"):
+    for split in ("val", "test", *extra_validation_splits(data)):
         split_data = data[split]
         logits = predict_logits(model, split_data.images)
         metrics = classification_metrics(split_data.labels, logits, classes=run_classes(config.data))

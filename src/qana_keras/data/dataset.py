@@ -1,14 +1,16 @@
 """The HAM10000 splits as arrays: metadata + committed split file + cached images, in one call."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from qana_keras import CLASSES
 from qana_keras.config import DataConfig
-from qana_keras.data import ham10000, splits
+from qana_keras.data import ham10000, isic2019, splits
 from qana_keras.data.cache import load_cached_images
 
 
@@ -67,4 +69,41 @@ def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=prin
         rows = frame.index.to_numpy()
         out[name] = SplitData(images[rows], frame["dx"].map(class_index).to_numpy(np.int64),
                               frame.reset_index(drop=True))
+    for folder in getattr(config, "extra_sources", ()):
+        train, val = load_extra_source(folder, config, meta, class_index, max_images, seed, log)
+        out["train"] = concat(out["train"], train)
+        out[f"val_{source_name(folder)}"] = val
     return out
+
+
+def source_name(folder: str) -> str:
+    """The name a source's validation split goes by: its folder name (``val_isic2019_partial``)."""
+    return Path(os.path.expandvars(folder)).expanduser().name
+
+
+def load_extra_source(folder: str, config: DataConfig, ham_meta: pd.DataFrame, class_index: dict[str, int],
+                      max_images: int, seed: int, log=print) -> tuple[SplitData, SplitData]:
+    """An ISIC 2019-layout source as (train, val) SplitData; HAM10000 copies in it are left out."""
+    root = os.path.expandvars(folder)
+    if "$" in root:
+        raise ValueError(f"data.extra_sources: {folder!r} names an unset environment variable; set it or give a path")
+    meta = isic2019.load_metadata(root, set(ham_meta["image_id"]), set(ham_meta["lesion_id"]))
+    meta = meta[meta["dx"].isin(class_index)].reset_index(drop=True)
+    meta["split"] = isic2019.assign_split(meta)
+    images = load_cached_images(meta["path"].tolist(), config.image_size, config.cache_dir,
+                                name=source_name(folder), log=log)
+    log(f"{source_name(folder)}: {len(meta)} images ({meta.attrs.get('ham10000_copies', 0)} HAM10000 copies left "
+        f"out), {int((meta['split'] == 'train').sum())} train / {int((meta['split'] == 'val').sum())} val by lesion")
+    parts = []
+    for name in ("train", "val"):
+        frame = _subset(meta[meta["split"] == name], max_images, seed)
+        rows = frame.index.to_numpy()
+        parts.append(SplitData(images[rows], frame["dx"].map(class_index).to_numpy(np.int64),
+                               frame.reset_index(drop=True)))
+    return parts[0], parts[1]
+
+
+def concat(a: SplitData, b: SplitData) -> SplitData:
+    """Two splits as one (images, labels and metadata rows in order; columns one lacks are left empty)."""
+    return SplitData(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]),
+                     pd.concat([a.frame, b.frame], ignore_index=True))

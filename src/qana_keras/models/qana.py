@@ -136,4 +136,4 @@ def build_qana_akd1000(config: ModelConfig, input_size: int = 64, num_classes: i
 
 
 # Baselines register themselves into MODEL_BUILDERS on import (kept in their own file).
-from qana_keras.models import baselines  # noqa: E402,F401
+from qana_keras.models import baselines, pretrained  # noqa: E402,F401

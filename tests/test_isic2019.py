@@ -1,0 +1,95 @@
+"""The ISIC 2019 training-layout loader and multi-source training data (HAM10000 + extra sources)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fixtures import write_isic2019_fixture, write_ham10000_fixture
+
+from qana_keras.data import ham10000, isic2019, splits
+from qana_keras.data.ham10000 import DatasetError
+
+ROWS = [("ISIC_0000001", "NV", "MSK4_1"), ("ISIC_0000002", "NV", "MSK4_1"),  # one lesion, two images
+        ("ISIC_0000003_downsampled", "MEL", ""), ("ISIC_0000004", "AK", ""), ("ISIC_0000005", "BKL", ""),
+        ("ISIC_0000006", "SCC", ""),  # no HAM10000 class
+        ("ISIC_0024400", "NV", "HAM_0000001")]  # a HAM10000 image inside the ISIC 2019 release
+
+
+def test_load_metadata_maps_classes_and_leaves_out_what_has_no_ham_class(tmp_path):
+    df = isic2019.load_metadata(write_isic2019_fixture(tmp_path / "isic", ROWS))
+    assert df["image_id"].tolist() == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004",
+                                       "ISIC_0000005"]
+    assert df["dx"].tolist() == ["nv", "nv", "mel", "akiec", "bkl"]
+    assert df["path"].iloc[2].endswith("ISIC_0000003_downsampled.jpg")
+    assert df["lesion_id"].tolist()[:3] == ["MSK4_1", "MSK4_1", "isic2019:ISIC_0000003"]
+    assert df.attrs == {"ham10000_copies": 1, "without_ham_class": {"SCC": 1}}
+
+
+def test_ham10000_copies_are_recognised_by_id_and_lesion(tmp_path):
+    rows = [("ISIC_0000001", "NV", "HAM_0000007"), ("ISIC_0099999", "MEL", ""), ("ISIC_0000002", "BKL", "")]
+    root = write_isic2019_fixture(tmp_path / "isic", rows)
+    df = isic2019.load_metadata(root, ham_image_ids={"ISIC_0099999"}, ham_lesion_ids={"HAM_0000007"})
+    assert df["image_id"].tolist() == ["ISIC_0000002"]
+    assert df.attrs["ham10000_copies"] == 2
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda root: (root / "ISIC_2019_Training_Input" / "ISIC_0000004.jpg").unlink(),
+     "line 5 (image 'ISIC_0000004'): no image file ISIC_0000004.jpg"),
+    (lambda root: (root / "ISIC_2019_Training_Input" / "ISIC_0000009.jpg").write_bytes(b"x"),
+     "ISIC_0000009.jpg: image file has no row"),
+    (lambda root: root.joinpath("ISIC_2019_Training_GroundTruth.csv").write_text(
+        root.joinpath("ISIC_2019_Training_GroundTruth.csv").read_text() + "ISIC_0000003,0,1,0,0,0,0,0,0,0\n"),
+     "line 9 (image 'ISIC_0000003'): the same image as line 4"),
+    (lambda root: root.joinpath("ISIC_2019_Training_GroundTruth.csv").write_text(
+        root.joinpath("ISIC_2019_Training_GroundTruth.csv").read_text().replace(
+            "ISIC_0000005,0.0,0.0,0.0,0.0,1.0", "ISIC_0000005,1.0,0.0,0.0,0.0,1.0")),
+     "line 6 (image 'ISIC_0000005'): 2 classes set (MEL, BKL)"),
+])
+def test_bad_rows_are_named(tmp_path, mutate, expected):
+    root = write_isic2019_fixture(tmp_path / "isic", ROWS)
+    mutate(root)
+    with pytest.raises(DatasetError) as error:
+        isic2019.load_metadata(root)
+    assert any(expected in problem for problem in error.value.problems), error.value.problems
+
+
+def test_missing_folder_says_where_to_put_the_data(tmp_path):
+    with pytest.raises(DatasetError, match="ISIC_2019_Training_GroundTruth.csv not found; put the ISIC 2019"):
+        isic2019.load_metadata(tmp_path / "nowhere")
+
+
+def test_split_keeps_lesions_together_and_is_stable():
+    import pandas as pd
+
+    frame = pd.DataFrame({"lesion_id": [f"L{i // 3}" for i in range(600)]})
+    split = isic2019.assign_split(frame)
+    assert split.groupby(frame["lesion_id"]).nunique().max() == 1  # one split per lesion
+    assert 0.08 < (split == "val").mean() < 0.22
+    assert split.iloc[:300].tolist() == isic2019.assign_split(frame.iloc[:300]).tolist()  # independent of the rest
+
+
+def test_load_splits_adds_the_source_to_train_and_validates_it_apart(tmp_path):
+    from qana_keras.config import DataConfig
+    from qana_keras.data.dataset import load_splits
+
+    data_dir = write_ham10000_fixture(tmp_path / "ham", n_lesions_per_class=3, size=(48, 36))
+    meta = ham10000.load_metadata(data_dir)
+    split_file = tmp_path / "split.csv"
+    splits.write_split(splits.make_lesion_split(meta, seed=1), split_file)
+    # The extra source repeats a HAM10000 test image under its own id: it must not enter training.
+    test_image = splits.read_split(split_file).query("split == 'test'")["image_id"].iloc[0]
+    rows = [(f"ISIC_{i:07d}", "NV" if i % 2 else "MEL", f"MSK4_{i // 2}") for i in range(1, 41)]
+    isic = write_isic2019_fixture(tmp_path / "isic2019", rows + [(test_image, "NV", "")])
+    config = DataConfig(data_dir=str(data_dir), split_file=str(split_file), cache_dir=str(tmp_path / "cache"),
+                        image_size=16, extra_sources=(str(isic),))
+    plain = load_splits(DataConfig(data_dir=str(data_dir), split_file=str(split_file),
+                                   cache_dir=str(tmp_path / "cache"), image_size=16), log=lambda *_: None)
+    data = load_splits(config, log=lambda *_: None)
+    assert set(data) == {"train", "val", "test", "val_isic2019"}
+    extra_train = data["train"].frame.query("source == 'isic2019'")
+    assert len(data["train"]) == len(plain["train"]) + len(extra_train)
+    assert len(extra_train) + len(data["val_isic2019"]) == 40
+    assert set(extra_train["lesion_id"]).isdisjoint(data["val_isic2019"].frame["lesion_id"])
+    assert test_image not in set(data["train"].frame["image_id"])
+    assert data["test"].images.shape == plain["test"].images.shape  # HAM10000 val/test unchanged
+    np.testing.assert_array_equal(data["val"].labels, plain["val"].labels)
