@@ -23,25 +23,30 @@ from qana_keras.distill import model_probabilities, write_soft_targets
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("teachers", nargs="+", help="float Keras .h5 models over the 7 classes, 64x64 input")
+    parser.add_argument("teachers", nargs="+", help="float Keras .h5 models over the 7 classes (any input size)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     if Path(args.out).exists() and not args.overwrite:
         parser.error(f"{args.out} exists; pass --overwrite to replace it")
     start = time.perf_counter()
-    data = load_splits(DataConfig())
-    ids = np.concatenate([d.frame["image_id"].to_numpy() for d in data.values()])
-    images = np.concatenate([d.images for d in data.values()])
-    labels = np.concatenate([d.labels for d in data.values()])
-    total = np.zeros((len(ids), len(CLASSES)))
+    data_by_size = {}
+    total = None
     for path in args.teachers:
         model = tf.keras.models.load_model(path, compile=False)
         if model.output_shape[-1] != len(CLASSES):
             raise SystemExit(f"{path}: {model.output_shape[-1]} outputs; teachers must predict the {len(CLASSES)} "
                              f"classes {', '.join(CLASSES)}")
-        total += model_probabilities(model, images)
+        size = model.input_shape[1]  # each teacher sees the images at its own input size
+        if size not in data_by_size:
+            data_by_size[size] = load_splits(DataConfig(image_size=size))
+        data = data_by_size[size]
+        images = np.concatenate([d.images for d in data.values()])
+        probabilities = model_probabilities(model, images)
+        total = probabilities if total is None else total + probabilities
         print(f"{path}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+    ids = np.concatenate([d.frame["image_id"].to_numpy() for d in data.values()])
+    labels = np.concatenate([d.labels for d in data.values()])
     probabilities = total / len(args.teachers)
     write_soft_targets(args.out, ids, probabilities, CLASSES, args.teachers)
     for name, d in data.items():

@@ -38,8 +38,10 @@ import tf_keras as keras
 
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, atomic_path, read_json, write_json
+from qana_keras.models.pretrained import LITE0_CUTS
 
-HARDWARE_NATIVE = frozenset({"qana", "plain-cnn", "akidanet-0.25", "akidanet-0.5", "qana-akd1000"})
+HARDWARE_NATIVE = frozenset({"qana", "plain-cnn", "akidanet-0.25", "akidanet-0.5", "qana-akd1000",
+                             *(f"lite0-b{block}" for block in LITE0_CUTS)})
 """Variants declared to run entirely on Akida: conversion fails loudly if any layer stays float."""
 
 AKIDA_V1_SPIKE_LAYERS = {"qana-akd1000": "spike/relu"}
