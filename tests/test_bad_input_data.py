@@ -72,3 +72,131 @@ def test_cli_reports_a_bad_value_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "train.epochs=0" in err and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images: a partial JPEG that still ends with the end marker, stale cache, empty data set, links outside
+
+
+@pytest.fixture
+def ham(tmp_path):
+    return write_ham10000_fixture(tmp_path / "ham", n_lesions_per_class=2, images_per_lesion=1, size=(40, 30))
+
+
+def _jpeg(progressive: bool = False, seed: int = 0) -> bytes:
+    out = io.BytesIO()
+    image = blob_image(np.random.default_rng(seed), (200, 40, 40), (64, 48))
+    Image.fromarray(image).save(out, "JPEG", quality=90, progressive=progressive)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("fraction", [0.5, 0.8, 0.97])
+def test_jpeg_cut_short_but_ending_with_ffd9_is_refused(ham, tmp_path, progressive, fraction):
+    from qana_keras.data.ham10000 import DatasetError, read_rgb, validate
+
+    data = _jpeg(progressive)
+    victim = sorted(ham.rglob("*.jpg"))[0]
+    victim.write_bytes(data[: int(len(data) * fraction)] + b"\xff\xd9")
+    with Image.open(victim) as img:
+        img.load()  # PIL itself decodes it without complaint: the silent case
+    with pytest.raises(DatasetError, match="truncated"):
+        read_rgb(victim)
+    report = validate(ham)
+    assert not report.ok and victim.name in report.errors[0] and "truncated" in report.errors[0]
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_complete_jpeg_is_accepted(tmp_path, progressive):
+    from qana_keras.data.ham10000 import read_rgb
+
+    path = tmp_path / "ok.jpg"
+    path.write_bytes(_jpeg(progressive) + b"\0\0")  # zero padding after the end marker is legal
+    assert read_rgb(path).shape == (48, 64, 3)
+
+
+def test_replaced_image_with_same_size_and_mtime_is_not_served_stale(ham, tmp_path):
+    from qana_keras.data import ham10000
+    from qana_keras.data.cache import load_cached_images
+
+    paths = ham10000.load_metadata(ham)["path"].tolist()
+    first = load_cached_images(paths, 16, tmp_path / "cache", log=lambda *_: None)
+    victim = Path(paths[0])
+    stat = victim.stat()
+    # Another picture at lower quality (smaller), zero-padded after its end marker to the victim's size.
+    out = io.BytesIO()
+    Image.fromarray(255 - np.asarray(Image.open(victim))).save(out, "JPEG", quality=50)
+    assert len(out.getvalue()) <= stat.st_size
+    victim.write_bytes(out.getvalue() + b"\0" * (stat.st_size - len(out.getvalue())))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert victim.stat().st_size == stat.st_size and victim.stat().st_mtime_ns == stat.st_mtime_ns
+    second = load_cached_images(paths, 16, tmp_path / "cache", log=lambda *_: None)
+    assert not np.array_equal(second[0], first[0])
+    assert np.array_equal(second[1:], first[1:])
+
+
+def test_header_only_csv_and_empty_image_folders_are_an_error(tmp_path, capsys):
+    root = tmp_path / "empty"
+    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
+        (root / part).mkdir(parents=True)
+    (root / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\n")
+    assert main(["data", "validate", "--data", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "the data set is empty" in out and "OK" not in out
+
+
+def test_empty_pad_ufes_and_isic_are_errors(tmp_path):
+    from fixtures import PAD_COLUMNS
+
+    from qana_keras.data import isic2018, pad_ufes
+    from qana_keras.data.ham10000 import DatasetError
+
+    (tmp_path / "pad" / "images").mkdir(parents=True)
+    (tmp_path / "pad" / "metadata.csv").write_text(",".join(PAD_COLUMNS) + "\n")
+    with pytest.raises(DatasetError, match="the data set is empty"):
+        pad_ufes.load_metadata(tmp_path / "pad")
+    (tmp_path / "isic").mkdir()
+    (tmp_path / "gt.csv").write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\n")
+    with pytest.raises(DatasetError, match="the data set is empty"):
+        isic2018.load_metadata(tmp_path / "isic", tmp_path / "gt.csv")
+
+
+def test_symlink_out_of_the_data_folder_is_refused(ham, tmp_path, capsys):
+    from qana_keras.data.ham10000 import DatasetError, load_metadata
+
+    victim = sorted(ham.rglob("*.jpg"))[0]
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes(victim.read_bytes())
+    victim.unlink()
+    victim.symlink_to(elsewhere)
+    assert main(["data", "validate", "--data", str(ham)]) == 1
+    out = capsys.readouterr().out
+    assert f"{victim.name} is a symbolic link to {elsewhere}, outside the data folder" in out
+    with pytest.raises(DatasetError, match="symbolic link"):
+        load_metadata(ham)
+
+
+def test_symlink_inside_the_data_folder_is_fine(ham):
+    from qana_keras.data.ham10000 import load_metadata
+
+    victim = sorted(ham.rglob("*.jpg"))[0]
+    (ham / "store").mkdir()
+    moved = ham / "store" / victim.name
+    victim.rename(moved)
+    victim.symlink_to(moved)
+    assert len(load_metadata(ham)) == 14
+
+
+def test_symlink_out_of_pad_ufes_is_refused(tmp_path):
+    from fixtures import write_pad_ufes_fixture
+
+    from qana_keras.data import pad_ufes
+    from qana_keras.data.ham10000 import DatasetError
+
+    root = write_pad_ufes_fixture(tmp_path / "pad", per_diagnostic=1, missing_per_diagnostic=0)
+    victim = sorted((root / "images").iterdir())[0]
+    elsewhere = tmp_path / victim.name
+    victim.rename(elsewhere)
+    victim.symlink_to(elsewhere)
+    with pytest.raises(DatasetError, match="symbolic link"):
+        pad_ufes.load_metadata(root)
