@@ -200,3 +200,56 @@ def test_symlink_out_of_pad_ufes_is_refused(tmp_path):
     victim.symlink_to(elsewhere)
     with pytest.raises(DatasetError, match="symbolic link"):
         pad_ufes.load_metadata(root)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: conflicting flags refused, `data split` never deletes a user's file and names bad paths
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--set", "train.epochs=5"], "--set"), (["--quick"], "--quick"), (["--overwrite"], "--overwrite"),
+    (["--config", "configs/qana.yaml"], "--config"), (["--run", "elsewhere"], "--run"), (["--data", "d"], "--data"),
+])
+def test_resume_refuses_options_it_would_ignore(tmp_path, capsys, extra, flag):
+    assert main(["train", "--resume", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert flag in err and "cannot be combined" in err and "\n" not in err
+
+
+def test_ground_truth_with_ham10000_is_refused(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "m.h5"), "--data", str(tmp_path), "--ground-truth",
+                 str(tmp_path / "gt.csv"), "--json", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--ground-truth is for --format isic2018" in err and "\n" not in err
+
+
+@pytest.fixture
+def ham3(tmp_path):
+    """Three lesions per class: the fewest a train/val/test split takes."""
+    return write_ham10000_fixture(tmp_path / "ham", n_lesions_per_class=3, images_per_lesion=1, size=(40, 30))
+
+
+def test_split_keeps_a_users_file_named_like_the_old_scratch_file(ham3, tmp_path, capsys):
+    ham = ham3
+    out = tmp_path / "split.csv"
+    assert main(["data", "split", "--data", str(ham), "--out", str(out)]) == 0
+    mine = tmp_path / "split.new.csv"
+    mine.write_text("my notes\n")
+    assert main(["data", "split", "--data", str(ham), "--out", str(out)]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert mine.read_text() == "my notes\n"
+    assert main(["data", "split", "--data", str(ham), "--out", str(out), "--seed", "3"]) == 1
+    assert mine.read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ham", "split.csv", "split.new.csv"]
+
+
+def test_split_onto_a_folder_or_under_a_file_is_a_one_line_error(ham3, tmp_path, capsys):
+    ham = ham3
+    assert main(["data", "split", "--data", str(ham), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--out {tmp_path} is a folder" in err and "\n" not in err
+    blocker = tmp_path / "somefile"
+    blocker.write_text("x")
+    assert main(["data", "split", "--data", str(ham), "--out", str(blocker / "split.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot write the split to {blocker / 'split.csv'}" in err and "\n" not in err
