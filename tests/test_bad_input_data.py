@@ -253,3 +253,119 @@ def test_split_onto_a_folder_or_under_a_file_is_a_one_line_error(ham3, tmp_path,
     assert main(["data", "split", "--data", str(ham), "--out", str(blocker / "split.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"cannot write the split to {blocker / 'split.csv'}" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: start checks before the folder is touched, nothing a user wrote deleted, resume after any kill
+
+
+def _quiet(*_):
+    pass
+
+
+def _fake_finished_run(run: Path) -> None:
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("train:\n  epochs: 1\n")
+    (run / "metrics.json").write_text('{"old": true}\n')
+    (run / "qana.fbz").write_bytes(b"converted model")
+
+
+def test_bad_image_size_fails_before_the_folder_or_the_cache_is_touched(tmp_path):
+    from test_train import tiny_config
+
+    from qana_keras.train import train
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.data.image_size = 50
+    with pytest.raises(ValueError, match="data.image_size=50"):
+        train(tmp_path / "run", config, log=_quiet)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_overwrite_with_a_bad_config_keeps_the_old_run(tmp_path):
+    from test_train import tiny_config
+
+    from qana_keras.data.ham10000 import DatasetError
+    from qana_keras.train import train
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.data.data_dir = str(tmp_path / "nowhere")
+    _fake_finished_run(tmp_path / "run")
+    with pytest.raises(DatasetError, match="nowhere"):
+        train(tmp_path / "run", config, overwrite=True, log=_quiet)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "metrics.json", "qana.fbz"]
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    from test_train import tiny_config
+
+    from qana_keras.io import RunFolderError
+    from qana_keras.train import train
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        train(tmp_path / "mine", tiny_config(tmp_path, epochs=1), overwrite=True, log=_quiet)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_run_under_a_file_is_a_one_line_error(tmp_path):
+    from test_train import tiny_config
+
+    from qana_keras.io import RunFolderError
+    from qana_keras.train import train
+
+    (tmp_path / "somefile").write_text("x")
+    with pytest.raises(RunFolderError, match="cannot create the run folder .*somefile/run") as error:
+        train(tmp_path / "somefile" / "run", tiny_config(tmp_path, epochs=1), log=_quiet)
+    assert "\n" not in str(error.value)
+
+
+def test_replaced_run_is_moved_aside_and_a_failed_start_can_be_retried(tmp_path):
+    """--overwrite moves the old run aside; a start that fails after writing config.yaml (a bad image found while
+    caching) does not block a plain retry."""
+    from test_train import tiny_config
+
+    from qana_keras.data.ham10000 import DatasetError
+    from qana_keras.io import read_json
+    from qana_keras.train import train
+
+    config = tiny_config(tmp_path, epochs=1)
+    run = tmp_path / "run"
+    _fake_finished_run(run)
+    victim = sorted((tmp_path / "ham").rglob("*.jpg"))[0]
+    good = victim.read_bytes()
+    victim.write_bytes(good[: len(good) // 2] + b"\xff\xd9")
+    with pytest.raises(DatasetError, match="truncated"):
+        train(run, config, overwrite=True, log=_quiet)
+    (aside,) = tmp_path.glob("run.replaced-*")
+    assert read_json(aside / "metrics.json") == {"old": True} and (aside / "qana.fbz").exists()
+    assert (run / "config.yaml").exists()  # the failed start
+    victim.write_bytes(good)
+    assert train(run, config, log=_quiet) is not None  # no --overwrite needed
+    assert len(read_json(run / "state.json")["history"]) == 1
+
+
+def test_resume_after_a_kill_between_checkpoint_and_state(tmp_path):
+    """The checkpoint of epoch 2 is written, state.json still says 1 epoch (or is gone): resume redoes the
+    missing epochs instead of crashing."""
+    from test_train import tiny_config
+
+    from qana_keras.io import read_json, write_json
+    from qana_keras.train import train
+
+    config = tiny_config(tmp_path, epochs=3)
+    run = tmp_path / "run"
+    assert train(run, config, stop_after=2, log=_quiet) is None
+    state = read_json(run / "state.json")
+    original = state["history"]
+    write_json(run / "state.json", {**state, "epochs_done": 1, "history": original[:1]})  # the kill
+    assert train(run, resume=True, log=_quiet) is not None
+    history = read_json(run / "state.json")["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[1]["loss"] == original[1]["loss"]  # epoch 2 redone from checkpoint 1, identically
+
+    (run / "state.json").unlink()  # killed before the first state.json: start over, no crash
+    (run / "metrics.json").unlink()
+    assert train(run, resume=True, log=_quiet) is not None
+    assert [h["epoch"] for h in read_json(run / "state.json")["history"]] == [1, 2, 3]
