@@ -13,6 +13,7 @@ import qana_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 from qana_keras.config import REPO_ROOT, DataConfig, load_config
 
 QUICK_OVERRIDES = ["train.epochs=2", "train.max_images=600", "train.warmup_epochs=0"]
+DEFAULT_TRAIN_CONFIG = str(REPO_ROOT / "configs" / "qana.yaml")
 
 
 def _data_config(args) -> DataConfig:
@@ -41,23 +42,29 @@ def cmd_data_split(args) -> int:
     meta = ham10000.load_metadata(config.data_dir)
     split = splits.make_lesion_split(meta, args.val_fraction, args.test_fraction, seed=args.seed)
     out = Path(args.out or config.split_file)
-    if out.exists():
-        existing = out.read_text()
-        splits.write_split(split, out.with_suffix(".new.csv"))
-        new = out.with_suffix(".new.csv").read_text()
-        out.with_suffix(".new.csv").unlink()
-        if existing == new:
-            print(f"{out} is already this split (seed {args.seed}); unchanged")
-        elif not args.force:
-            print(f"error: {out} exists and differs from the split made with seed {args.seed}; "
-                  "pass --force to replace it (runs trained on the old split will no longer match)", file=sys.stderr)
-            return 1
+    if out.is_dir():
+        print(f"error: --out {out} is a folder; give a file path, e.g. {out / 'ham10000_lesion_split.csv'}",
+              file=sys.stderr)
+        return 2
+    try:
+        if out.exists():
+            # Compared in memory: no scratch file next to --out, which could be a file of the user's.
+            if out.read_text() == splits.split_csv_text(split):
+                print(f"{out} is already this split (seed {args.seed}); unchanged")
+            elif not args.force:
+                print(f"error: {out} exists and differs from the split made with seed {args.seed}; pass --force to "
+                      "replace it (runs trained on the old split will no longer match)", file=sys.stderr)
+                return 1
+            else:
+                splits.write_split(split, out)
+                print(f"replaced {out}")
         else:
             splits.write_split(split, out)
-            print(f"replaced {out}")
-    else:
-        splits.write_split(split, out)
-        print(f"wrote {out}")
+            print(f"wrote {out}")
+    except OSError as error:
+        print(f"error: cannot write the split to {out} ({error.strerror or error}); pick a writable --out path",
+              file=sys.stderr)
+        return 2
     print(json.dumps(splits.split_summary(split), indent=2))
     return 0
 
@@ -86,7 +93,7 @@ def _train_config(args):
     overrides = list(args.set or [])
     if args.quick:
         overrides = QUICK_OVERRIDES + overrides
-    config = load_config(args.config, overrides)
+    config = load_config(args.config or DEFAULT_TRAIN_CONFIG, overrides)
     if args.data:
         config.data.data_dir = args.data
     return config
@@ -96,6 +103,14 @@ def cmd_train(args) -> int:
     from qana_keras.train import train
 
     if args.resume:
+        # A resumed run keeps the config it was started with: options that would change it are refused, not ignored.
+        given = [flag for flag, value in (("--config", args.config), ("--set", args.set), ("--quick", args.quick),
+                                          ("--overwrite", args.overwrite), ("--run", args.run), ("--data", args.data))
+                 if value]
+        if given:
+            print(f"error: --resume continues {args.resume} with its own config.yaml; {', '.join(given)} cannot be "
+                  "combined with it (start a new run with --run instead)", file=sys.stderr)
+            return 2
         train(args.resume, resume=True, stop_after=args.stop_after)
         return 0
     config = _train_config(args)
@@ -126,6 +141,11 @@ def cmd_deploy(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from qana_keras.evaluate import evaluate_to_json
+
+    if args.ground_truth and args.format != "isic2018":
+        print(f"error: --ground-truth is for --format isic2018; a {args.format} folder has its labels in its own "
+              "metadata (drop --ground-truth, or pass --format isic2018)", file=sys.stderr)
+        return 2
 
     evaluate_to_json(args.json, figures=not args.no_figures, model_path=args.model, data=args.data, fmt=args.format,
                      split=args.split, split_file=args.split_file, ground_truth=args.ground_truth,
@@ -309,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_download)
 
     p = verbs.add_parser("train", help="train a model; select by validation macro-F1; test once")
-    p.add_argument("--config", default=str(REPO_ROOT / "configs" / "qana.yaml"), help="YAML config")
+    p.add_argument("--config", help=f"YAML config (default {DEFAULT_TRAIN_CONFIG})")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.add_argument("--run", help="run folder (default runs/<variant>)")
     p.add_argument("--data", help="HAM10000 root")

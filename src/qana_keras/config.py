@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,50 +107,198 @@ class Config:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _coerce(value: str, current):
-    """Parse a command-line string into the type of the field it overrides."""
-    if isinstance(current, bool):
-        if value.lower() in ("1", "true", "yes", "on"):
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the key, the value and what is allowed."""
+
+
+# Allowed values of the settings that need more than their type: (check, what is allowed). Settings not
+# listed accept any value of their annotated type.
+def _at_least(low):
+    return (lambda v: v >= low), f"a number >= {low}"
+
+
+def _between(low, high, high_open=False):
+    if high_open:
+        return (lambda v: low <= v < high), f"a number in [{low}, {high})"
+    return (lambda v: low <= v <= high), f"a number in [{low}, {high}]"
+
+
+def _one_of(*names):
+    return (lambda v: v in names), "one of " + ", ".join(names)
+
+
+def _all_at_least(low):
+    return (lambda v: all(x >= low for x in v)), f"a list of integers >= {low}"
+
+
+RULES = {
+    "data.image_size": _at_least(8),
+    "data.val_fraction": _between(0.0, 1.0, high_open=True),
+    "data.test_fraction": _between(0.0, 1.0, high_open=True),
+    "data.crop": _one_of("none", "saliency", "mask"),
+    "data.crop_saliency": _one_of("head", "gradcam"),
+    "data.crop_threshold": _between(0.0, 1.0),
+    "data.crop_margin": _at_least(0.0),
+    "model.widths": ((lambda v: len(v) > 0 and all(x >= 1 for x in v)), "a non-empty list of integers >= 1"),
+    "model.stem_filters": _at_least(1),
+    "model.ghost_ratio": ((lambda v: 0.0 < v <= 1.0), "a number in (0, 1]"),
+    "model.sa_eca_stages": _all_at_least(1),
+    "model.se_ratio": _at_least(1),
+    "model.head_channels": _at_least(1),
+    "model.head_grid": _at_least(1),
+    "model.dropout": _between(0.0, 1.0, high_open=True),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.learning_rate": ((lambda v: v > 0), "a number > 0"),
+    "train.weight_decay": _at_least(0.0),
+    "train.warmup_epochs": _at_least(0),
+    "train.label_smoothing": _between(0.0, 1.0, high_open=True),
+    "train.class_weighting": _one_of("none", "balanced", "sqrt"),
+    "train.augment_color": _at_least(0.0),
+    "train.augment_zoom": _between(0.0, 1.0, high_open=True),
+    "train.soft_target_weight": _between(0.0, 1.0),
+    "train.max_images": _at_least(0),
+}
+
+_YAML_EXPONENT = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _field_types(section) -> dict:
+    """The annotated type of every field of a config section (resolved from the dataclass annotations)."""
+    return typing.get_type_hints(type(section))
+
+
+def _element_type(annotation):
+    """``int`` for ``tuple[int, ...]``; None when ``annotation`` is not a tuple type."""
+    if typing.get_origin(annotation) is tuple:
+        return typing.get_args(annotation)[0]
+    return None
+
+
+def _typed(value, kind, key: str, where: str):
+    """``value`` as ``kind`` (bool/int/float/str), refusing anything else; ints are accepted as floats."""
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}.get(kind, lambda v: True)
+    if kind is float and isinstance(value, str) and _YAML_EXPONENT.match(value):
+        return float(value)  # PyYAML (YAML 1.1) reads an unquoted 2e-3 as a string, not a number
+    if not ok(value):
+        hint = " (quoted in YAML: write it without quotes)" if isinstance(value, str) else ""
+        raise ConfigError(f"{where}: {key}={value!r} is not {_TYPE_NAMES.get(kind, kind)}{hint}")
+    return float(value) if kind is float else value
+
+
+def _check_value(section_name: str, key: str, value, annotation, where: str):
+    """Type-check a value read from YAML (or set in code) against the field's annotation; returns it normalised."""
+    dotted = f"{section_name}.{key}"
+    element = _element_type(annotation)
+    if element is None:
+        return _typed(value, annotation, dotted, where)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: {dotted}={value!r} is not a list; write a list of {_TYPE_NAMES[element]}s "
+                          f"like [{'8, 16' if element is int else 'a, b'}]")
+    return tuple(_typed(v, element, dotted, where) for v in value)
+
+
+def _parse_scalar(text: str, kind, key: str, where: str):
+    """Parse one command-line string as ``kind``."""
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
             return True
-        if value.lower() in ("0", "false", "no", "off"):
+        if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    if isinstance(current, tuple):
-        items = [v.strip() for v in value.strip().strip("[]()").split(",") if v.strip()]  # '' or '[]' -> ()
-        return tuple(int(v) if v.lstrip("-").isdigit() else v for v in items)
-    if current is None:
-        return value
-    return type(current)(value)
+        raise ConfigError(f"{where}: {key}={text!r}: expected a boolean (true/false)")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{where}: {key}={text!r} is not {_TYPE_NAMES.get(kind, kind)}") from None
 
 
-def _update(section, values: dict, where: str) -> None:
-    known = {f.name for f in dataclasses.fields(section)}
+def _coerce(text: str, annotation, key: str, where: str):
+    """Parse a command-line string into the annotated type of the field it overrides."""
+    element = _element_type(annotation)
+    if element is None:
+        return _parse_scalar(text, annotation, key, where)
+    items = [v.strip() for v in text.strip().strip("[]()").split(",") if v.strip()]  # '' or '[]' -> ()
+    return tuple(_parse_scalar(v, element, key, where) for v in items)
+
+
+def validate_config(config: Config, origins: dict | None = None) -> Config:
+    """Check every value of ``config`` against its type and allowed range; raise ConfigError naming the first bad one.
+
+    ``origins`` maps ``section.key`` to where the value came from (a file or an override), for the message.
+    """
+    origins = origins or {}
+    for section_name in ("data", "model", "train"):
+        section = getattr(config, section_name)
+        for key, annotation in _field_types(section).items():
+            dotted = f"{section_name}.{key}"
+            where = origins.get(dotted, "config")
+            value = _check_value(section_name, key, getattr(section, key), annotation, where)
+            setattr(section, key, value)
+            rule = RULES.get(dotted)
+            if rule and not rule[0](value):
+                raise ConfigError(f"{where}: {dotted}={value!r} is out of range; allowed: {rule[1]}")
+    d = config.data
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(f"{origins.get('data.val_fraction', 'config')}: data.val_fraction + data.test_fraction = "
+                          f"{d.val_fraction + d.test_fraction:g}; allowed: below 1 (training needs images)")
+    return config
+
+
+def _read_yaml(path: str | Path) -> dict:
+    """The YAML mapping at ``path``; a syntax error or a non-mapping names the file (and the line)."""
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{line}: YAML syntax error ({problem}); fix the file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read ({error.strerror or error})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, train:), got a "
+                          f"{type(raw).__name__}")
+    return raw
+
+
+def _update(section, section_name: str, values, where: str, origins: dict) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: section {section_name!r} must be a mapping of key: value, got {values!r}")
+    types = _field_types(section)
     for key, value in values.items():
-        if key not in known:
-            raise ValueError(f"{where}: unknown setting {key!r}; known: {sorted(known)}")
-        current = getattr(section, key)
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(value)
-        setattr(section, key, value)
+        if key not in types:
+            raise ConfigError(f"{where}: unknown setting {key!r}; known: {sorted(types)}")
+        setattr(section, key, _check_value(section_name, key, value, types[key], where))
+        origins[f"{section_name}.{key}"] = where
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides; validated as a whole.
+
+    Raises ConfigError (a ValueError) naming the file or override, the key, the bad value and what is allowed.
+    """
     config = Config()
+    origins: dict[str, str] = {}
     if path:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        for section_name, values in raw.items():
-            if not hasattr(config, section_name):
-                raise ValueError(f"{path}: unknown section {section_name!r}; known: data, model, train")
-            _update(getattr(config, section_name), values or {}, f"{path} [{section_name}]")
+        for section_name, values in _read_yaml(path).items():
+            if section_name not in ("data", "model", "train"):
+                raise ConfigError(f"{path}: unknown section {section_name!r}; known: data, model, train")
+            _update(getattr(config, section_name), section_name, values or {}, f"{path} [{section_name}]", origins)
     for item in overrides or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"override {item!r}: expected section.key=value, e.g. train.epochs=5")
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=5")
         dotted, value = item.split("=", 1)
         section_name, key = dotted.split(".", 1)
-        section = getattr(config, section_name, None)
-        if section is None or not hasattr(section, key):
-            raise ValueError(f"override {item!r}: no setting {dotted!r}")
-        setattr(section, key, _coerce(value, getattr(section, key)))
-    return config
+        section = getattr(config, section_name, None) if section_name in ("data", "model", "train") else None
+        if section is None or key not in _field_types(section):
+            raise ConfigError(f"override {item!r}: no setting {dotted!r}")
+        setattr(section, key, _coerce(value, _field_types(section)[key], dotted, f"override {item!r}"))
+        origins[dotted] = f"override {item!r}"
+    return validate_config(config, origins)

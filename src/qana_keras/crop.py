@@ -18,7 +18,6 @@ Boxes are ``(x0, y0, x1, y1)`` in pixels of the original image, half-open.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
@@ -231,11 +230,9 @@ def default_mask_dir(data_config) -> str:
 
 
 def _files_digest(paths) -> str:
-    digest = hashlib.sha256()
-    for p in paths:
-        stat = os.stat(p)
-        digest.update(f"{os.path.basename(p)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    from qana_keras.data.cache import files_digest  # content, not size and mtime: see data/cache.py
+
+    return files_digest(paths)
 
 
 def crop_cache_params(meta, data_config) -> dict:

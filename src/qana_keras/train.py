@@ -129,18 +129,88 @@ def predict_logits(model, images: np.ndarray, batch_size: int = 256) -> np.ndarr
     return model.predict(images, batch_size=batch_size, verbose=0)
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+# What a start writes before the first epoch is checkpointed: a folder holding only these is a failed start.
+START_FILES = {"config.yaml", "versions.json", "classes.json", "logs", "checkpoints"}
+
+
+def check_start(config: Config, log=print) -> None:
+    """Everything a start can check in seconds, before the run folder is touched or an image decoded.
+
+    Config values, the class subset, the metadata, the split file, init_from/soft_targets, and that the
+    model builds for data.image_size (a bad size would otherwise fail after caching every image).
+    """
+    from qana_keras.config import validate_config
+    from qana_keras.data import ham10000, splits
+
+    validate_config(config)
+    classes = run_classes(config.data)
+    splits.read_split(config.data.split_file, meta=ham10000.load_metadata(config.data.data_dir))
+    for key, path in (("train.init_from", config.train.init_from), ("train.soft_targets", config.train.soft_targets)):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{key}: {path} not found")
+    try:
+        build_model(config.model, input_size=config.data.image_size, num_classes=len(classes))
+    except ValueError as error:
+        raise ValueError(f"the model ({config.model.variant}) does not build for data.image_size="
+                         f"{config.data.image_size}: {error}") from None
+    finally:
+        keras.backend.clear_session()  # the real build then gets the same layer names as without this check
+
+
+def _failed_start(run_dir: Path) -> bool:
+    """True for a folder left by a start that failed (or was killed) before its first epoch was checkpointed."""
+    names = {p.name for p in run_dir.iterdir()}
+    checkpoints = run_dir / "checkpoints"
+    return ("config.yaml" in names and names <= START_FILES
+            and not (checkpoints.is_dir() and any(checkpoints.iterdir())))
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, log=print) -> None:
+    """Refuse, or make ready, the run folder; never deletes anything but a failed start's own files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"--run {run_dir} is a file, not a folder; pick another --run")
     started = (run_dir / "config.yaml").exists()
     if resume:
         if not started:
             raise RunFolderError(f"{run_dir}: nothing to resume (no config.yaml); start it with `qana train --run {run_dir}`")
         return
-    if started or (run_dir.exists() and any(run_dir.iterdir())):
-        if not overwrite:
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if _failed_start(run_dir):
+            log(f"{run_dir} holds a start that stopped before its first epoch; starting it again")
+            for name in START_FILES:
+                path = run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        elif not overwrite:
             raise RunFolderError(f"{run_dir} already holds a run; continue it with `qana train --resume {run_dir}`, "
                                  "pick another --run, or pass --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        elif not started:
+            raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml) and holds other files; --overwrite "
+                                 "only replaces runs: pick another --run or empty the folder yourself")
+        else:
+            aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(aside)  # kept, not deleted: a finished run may hold conversions and reports
+            log(f"moved the replaced run {run_dir} to {aside}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(f"cannot create the run folder {run_dir} ({error.strerror or error}); pick a --run "
+                             "in a writable folder") from None
+
+
+def _resume_point(manager: tf.train.CheckpointManager, run_dir: Path) -> tuple[str | None, list[dict]]:
+    """The newest kept checkpoint that state.json covers, and the history up to it; (None, []) if none.
+
+    A kill between a checkpoint and state.json leaves a checkpoint newer than the history: that epoch
+    is redone from the checkpoint before it (the manager keeps two), identically.
+    """
+    state_path = run_dir / "state.json"
+    history = read_json(state_path)["history"] if state_path.exists() else []
+    kept = {int(path.rsplit("-", 1)[1]): path for path in manager.checkpoints}
+    usable = [n for n in kept if 0 < n <= len(history)]
+    if not usable:
+        return None, []
+    n = max(usable)
+    return kept[n], history[:n]
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -182,11 +252,13 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     long run can be trained in chunks with ``--resume``; it has no effect on the result.
     """
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume, overwrite)
+    if not resume:
+        config = config or Config()
+        check_start(config, log=log)  # before the folder is touched: a bad value leaves it as it was
+    _prepare_run_dir(run_dir, resume, overwrite, log=log)
     if resume:
         config = load_config(run_dir / "config.yaml")
     else:
-        config = config or Config()
         config.save(run_dir / "config.yaml")
         write_json(run_dir / "versions.json", versions())
     t = config.train
@@ -216,23 +288,23 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         model.compile(optimizer=optimizer,
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=t.label_smoothing))
         rngs = dropout_generators(model)
-    if t.init_from and not resume:
-        load_initial_weights(model, t.init_from)
-        log(f"initial weights from {t.init_from}")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **rngs)
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
 
     state = {"epochs_done": 0, "best_val_macro_f1": -1.0, "best_epoch": None, "history": []}
-    if resume and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        done = int(manager.latest_checkpoint.rsplit("-", 1)[1])
-        # A kill can fall between a checkpoint and state.json: trust the checkpoint, and recompute the
-        # best epoch from the history up to it (later epochs are redone identically).
-        history = read_json(run_dir / "state.json")["history"][:done]
+    restored, history = _resume_point(manager, run_dir) if resume else (None, [])
+    if restored:
+        checkpoint.restore(restored).expect_partial()
+        # The best epoch is recomputed from the history up to the restored checkpoint (later epochs are redone).
         best = max(history, key=lambda h: h["val_macro_f1"])
-        state = {"epochs_done": done, "best_val_macro_f1": best["val_macro_f1"], "best_epoch": best["epoch"],
+        state = {"epochs_done": len(history), "best_val_macro_f1": best["val_macro_f1"], "best_epoch": best["epoch"],
                  "history": history}
-        log(f"resuming {run_dir} after epoch {done} (best val macro-F1 {state['best_val_macro_f1']:.4f})")
+        log(f"resuming {run_dir} after epoch {len(history)} (best val macro-F1 {state['best_val_macro_f1']:.4f})")
+    elif resume and manager.latest_checkpoint:
+        log(f"{run_dir}: state.json covers none of the kept checkpoints; training again from epoch 1")
+    if t.init_from and not restored:
+        load_initial_weights(model, t.init_from)
+        log(f"initial weights from {t.init_from}")
 
     best_path = float_model_path(run_dir, config.model.variant)
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False)

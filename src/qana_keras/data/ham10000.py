@@ -83,6 +83,19 @@ def unsafe_name_problem(name: str) -> str | None:
     return None
 
 
+def link_outside_problem(path: str | Path, root: str | Path) -> str | None:
+    """Why ``path`` is refused as a symbolic link out of the data folder ``root``, or None if it stays inside.
+
+    A link out of the data folder makes the data set depend on files nobody checks in it; they are
+    refused rather than followed silently.
+    """
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return None
+    return (f"is a symbolic link to {real}, outside the data folder {real_root}; copy the file into the "
+            "folder (or point the data folder at the real data)")
+
+
 def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
@@ -115,6 +128,75 @@ class _BadImage(Exception):
     """Internal: the reason an image file is unusable."""
 
 
+# Bytes placed before a JPEG's end marker by _jpeg_ends_early: no 0xFF in them, so a decoder reads them as
+# image data (never as a marker).
+_PROBE = bytes(range(1, 255)) * 4
+
+
+def _jpeg_ends_early(data: bytes, pixels: np.ndarray) -> bool:
+    """True when the JPEG ``data`` (decoded to ``pixels``) has fewer coded blocks than the image needs.
+
+    libjpeg fills the blocks missing after a premature end marker with zeros and only warns, which PIL
+    and OpenCV ignore, so such a file decodes without error. A complete JPEG's pixels do not depend on
+    bytes after its last block; a partial one decodes the probe bytes as its missing blocks and changes.
+    """
+    end = data.rstrip(b"\0")
+    probed = end[:-2] + _PROBE + end[-2:]  # end[-2:] is FFD9 (checked before)
+    try:
+        with Image.open(io.BytesIO(probed)) as img:
+            img.load()
+            other = np.asarray(img)
+    except Exception:  # the probe bytes made the missing blocks undecodable: they were being read
+        return True
+    return other.shape != pixels.shape or not np.array_equal(other, pixels)
+
+
+def _next_marker(data: bytes, i: int) -> int:
+    """Index of the first marker at or after ``i`` in entropy-coded data (skipping FF00 stuffing and RSTn)."""
+    while True:
+        i = data.find(b"\xff", i)
+        if i < 0 or i + 1 >= len(data):
+            return len(data)
+        if data[i + 1] == 0 or 0xD0 <= data[i + 1] <= 0xD7:
+            i += 2
+            continue
+        return i
+
+
+def _progressive_scans_missing(data: bytes) -> bool:
+    """True when a progressive JPEG lacks scans: some coefficient of some component never gets its last bit.
+
+    A progressive file cut between two scans decodes (blurrier) without even a warning, so the scan
+    headers are checked: a complete file brings every coefficient 0-63 of every component to full
+    precision (a scan with Al = 0).
+    """
+    i, components, done = 2, [], set()
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xD9:
+            break
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        segment = data[i + 4:i + 2 + length]
+        if marker in (0xC0, 0xC1, 0xC3):
+            return False  # sequential: the probe of _jpeg_ends_early covers it
+        if marker == 0xC2 and len(segment) >= 6:
+            components = [segment[6 + 3 * c] for c in range(segment[5]) if 6 + 3 * c < len(segment)]
+        if marker == 0xDA and segment:
+            n = segment[0]
+            if len(segment) >= 4 + 2 * n:
+                ids = [segment[1 + 2 * c] for c in range(n)]
+                ss, se, approximation = segment[1 + 2 * n], segment[2 + 2 * n], segment[3 + 2 * n]
+                if approximation & 0x0F == 0:
+                    done.update((c, k) for c in ids for k in range(ss, se + 1))
+            i = _next_marker(data, i + 2 + length)
+            continue
+        i += 2 + length
+    return bool(components) and any((c, k) not in done for c in components for k in range(64))
+
+
 def _decode(path: Path) -> np.ndarray:
     """Decode ``path`` completely into HxWx3 uint8 RGB, or raise _BadImage saying why not."""
     try:
@@ -135,6 +217,9 @@ def _decode(path: Path) -> np.ndarray:
                 raise _BadImage("is truncated: the JPEG does not end with the end-of-image marker FFD9")
             img.load()  # the full decode; raises on truncated or corrupt data
             array = np.array(img, dtype=np.uint8)
+        if img.format == "JPEG" and (_jpeg_ends_early(data, array) or _progressive_scans_missing(data)):
+            raise _BadImage("is truncated: its image data stops before the last block (a partial file that "
+                            "still ends with the JPEG end marker)")
     except _BadImage:
         raise
     except Image.UnidentifiedImageError:
@@ -269,12 +354,19 @@ def _inspect(data_dir: str | Path, check_images: bool) -> _Inspection:
     # Index the image files by stem.
     by_stem: dict[str, list[Path]] = defaultdict(list)
     hidden = 0
-    for d in image_dirs:
+    for d in list(image_dirs):
+        outside = link_outside_problem(d, data_dir)
+        if outside:
+            out.errors.append(f"{d.name}/ {outside}")
+            continue
         for entry in sorted(os.scandir(d), key=lambda e: e.name):
             if not entry.is_file():
                 continue
             if entry.name.startswith("."):
                 hidden += 1  # .DS_Store, macOS ._ resource forks from zips
+            elif entry.is_symlink() and link_outside_problem(entry.path, data_dir):
+                out.errors.append(f"{Path(entry.path).relative_to(data_dir)} "
+                                  f"{link_outside_problem(entry.path, data_dir)}")
             elif _is_image_name(entry.name):
                 by_stem[os.path.splitext(entry.name)[0]].append(Path(entry.path))
             elif d != data_dir:
@@ -287,11 +379,19 @@ def _inspect(data_dir: str | Path, check_images: bool) -> _Inspection:
     def rel(p: Path) -> str:
         return str(p.relative_to(data_dir)) if p.is_relative_to(data_dir) else str(p)
 
+    csv_outside = link_outside_problem(csv_path, data_dir)
+    if csv_outside:
+        out.errors.append(f"{METADATA_FILE} {csv_outside}")
+        return out
     parsed = read_csv_rows(csv_path, out.errors)
     if parsed is None:
         return out
     header, rows = parsed
     name = METADATA_FILE
+    if not rows:
+        out.errors.append(f"{name} has a header but no rows: the data set is empty (and {out.n_images} image "
+                          f"files were found); put the full HAM10000 release in {data_dir}")
+        return out
     dupe_cols = sorted(c for c, n in Counter(header).items() if n > 1)
     if dupe_cols:
         out.errors.append(f"{name}: column(s) {dupe_cols} appear more than once in the header; remove the copies")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from qana_keras import CLASSES
-from qana_keras.data.ham10000 import IMAGE_EXTENSIONS, DatasetError, read_csv_rows, unsafe_name_problem
+from qana_keras.data.ham10000 import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
+                                     unsafe_name_problem)
 
 CLASS_COLUMNS = {c.upper(): c for c in CLASSES}  # "AKIEC" -> "akiec", ...
 
@@ -42,6 +43,9 @@ def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.Da
     if parsed is None:
         raise DatasetError(f"{csv_path} is unreadable", problems)
     header, rows = parsed
+    if not rows:
+        raise DatasetError(f"{csv_path} has a header but no rows: the data set is empty; see data/README.md "
+                           "(ISIC 2018)")
     expected = ["image", *CLASS_COLUMNS]
     unknown = [c for c in header if c not in expected]
     missing = [c for c in expected if c not in header]
@@ -55,6 +59,10 @@ def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.Da
         stem, ext = os.path.splitext(entry.name)
         # The official folders also hold ATTRIBUTION.txt and LICENSE.txt, which are not images.
         if entry.is_file() and not entry.name.startswith(".") and ext.lower() in IMAGE_EXTENSIONS:
+            outside = entry.is_symlink() and link_outside_problem(entry.path, images_dir)
+            if outside:
+                problems.append(f"{images_dir.name}/{entry.name} {outside}")
+                continue
             by_stem[stem].append(Path(entry.path))
 
     name = csv_path.name

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from qana_keras.data.ham10000 import IMAGE_EXTENSIONS, DatasetError, read_csv_rows, unsafe_name_problem
+from qana_keras.data.ham10000 import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
+                                     unsafe_name_problem)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def load_metadata(root: str | Path) -> pd.DataFrame:
     if parsed is None:
         raise DatasetError(f"{csv_path} is unreadable", problems)
     header, rows = parsed
+    if not rows:
+        raise DatasetError(f"{csv_path} has a header but no rows: the data set is empty; {hint}")
     missing_cols = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing_cols:
         raise DatasetError(f"{csv_path}: missing column(s) {', '.join(missing_cols)}; use the original "
@@ -69,6 +72,10 @@ def load_metadata(root: str | Path) -> pd.DataFrame:
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for entry in os.scandir(images_dir):
         if entry.is_file() and not entry.name.startswith("."):
+            outside = entry.is_symlink() and link_outside_problem(entry.path, root)
+            if outside:
+                problems.append(f"{IMAGES_DIR}/{entry.name} {outside}")
+                continue
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() in IMAGE_EXTENSIONS:
                 by_stem[stem].append(Path(entry.path))

@@ -114,14 +114,20 @@ def _repair(df: pd.DataFrame) -> int:
     return moved
 
 
-def write_split(df: pd.DataFrame, path: str | Path) -> None:
-    """Write the split atomically as CSV (header, LF, sorted by image_id): the same split gives the same bytes."""
+def split_csv_text(df: pd.DataFrame) -> str:
+    """The split as CSV text (header, LF, sorted by image_id): the same split gives the same text."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"split table lacks column(s) {missing}; expected {', '.join(COLUMNS)}")
     out = df[list(COLUMNS)].astype(str).sort_values("image_id").reset_index(drop=True)
+    return out.to_csv(index=False, lineterminator="\n")
+
+
+def write_split(df: pd.DataFrame, path: str | Path) -> None:
+    """Write the split atomically as CSV (see split_csv_text)."""
+    text = split_csv_text(df)
     with atomic_path(path) as tmp:
-        out.to_csv(tmp, index=False, lineterminator="\n")
+        tmp.write_text(text)
 
 
 def read_split(path: str | Path, meta: pd.DataFrame | None = None) -> pd.DataFrame:
