@@ -1,7 +1,10 @@
-"""Run a converted model: on an Akida board if there is one, else map it to virtual devices and simulate.
+"""Run a converted model: on an Akida board if there is one, else map it to a virtual device and simulate.
 
-``deploy_run`` writes to the run folder:
-  deploy.json      board figures (latency, throughput, power, energy) or the virtual-device mapping report
+The device (``--device``, see ``qana_keras.devices``) defaults to a board found by ``akida.devices()``, else the
+smallest standard device that runs the model in one hardware pass. ``deploy_run`` writes to the run folder:
+  deploy.json      the device used, the mapping on every standard device, and the board figures or
+                   "not measured on a chip" (``chip_measurements``)
+  board.json       on a board only: latency (batch 1, batched), SoC power and energy per image
   fidelity.json    float vs quantized Keras vs Akida on the lesion-level test split
   fidelity.md      the same as a readable table
 The software simulator runs on the CPU: its speed says nothing about the chip, and is labelled so.
@@ -205,11 +208,20 @@ def fidelity_markdown(report: dict, title: str) -> str:
 def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, repeats: int = 5,
                  log=print) -> tuple[np.ndarray, dict]:
     """Map to ``board``, measure latency/power/energy (``devices.measure_board``), then the logits of ``images``."""
+    import akida
+
     from qana_keras.convert import HybridModel, predict_logits
-    from qana_keras.devices import measure_board
+    from qana_keras.devices import DeviceError, measure_board
 
     akida_model = model.akida_model if isinstance(model, HybridModel) else model
-    akida_model.map(board, hw_only=True)
+    try:
+        akida_model.map(board, hw_only=True)
+    except RuntimeError:  # does not fit in one pass: let the board reconfigure between passes
+        try:
+            akida_model.map(board, hw_only=True, mode=akida.MapMode.HwPr)
+        except RuntimeError as error:
+            raise DeviceError(f"the model does not map on board {board.desc}: {str(error).splitlines()[0]}; run "
+                              "`qana hardware-table` or `qana deploy --device NAME` to see which devices fit") from None
     figures = {**measure_board(board, lambda x: predict_logits(model, x, batch_size), images, batch_size, repeats),
                "images": int(len(images)), "mapping": mapping_summary(akida_model)}
     if isinstance(model, HybridModel):
@@ -242,7 +254,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     from qana_keras.config import load_config
     from qana_keras.convert import HybridModel, load_converted, precision_tag, predict_logits
     from qana_keras.data.dataset import load_splits, run_classes
-    from qana_keras.devices import (DeviceError, check_fit, choose_device, device_reports, find_board, ip_of,
+    from qana_keras.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
                                     min_device_report, not_measured, parse_device)
 
     run_dir = Path(run_dir)
@@ -258,7 +270,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     out = {"variant": converted["variant"], "precision": report["precision"], "r_succ": report["r_succ"],
            "hybrid": report.get("hybrid"), "akida_version": akida.__version__, "model_ip": ip_of(akida_model)}
     if board is None:
-        name, target, row, rows, mins = choose_device(akida_model, choice, model_name, hint)
+        name, _device, row, rows, mins = choose_device(akida_model, choice, model_name, hint)
         why = "chosen: the smallest standard device that runs it" if choice.kind == "default" else "asked for"
         log(NO_BOARD_NOTE)
         log(f"device: {name} ({why}): {row['label']}, {row.get('nps')} of {row['nps_available']} NPs, program "
@@ -283,11 +295,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     fmodel = keras.models.load_model(converted["paths"]["float"], compile=False)
     test = load_splits(config.data, log=log)["test"]
     if board is not None:
-        try:
-            a_logits, figures = run_on_board(ak, board, test.images, batch_size, repeats, log=log)
-        except RuntimeError as error:  # the board refuses a model that does not fit its mesh
-            raise DeviceError(f"{model_name} does not map on board {board.desc}: {str(error).splitlines()[0]}; "
-                              "run `qana deploy` with --device NAME to see which standard devices fit") from None
+        a_logits, figures = run_on_board(ak, board, test.images, batch_size, repeats, log=log)
         out["board"] = out["chip_measurements"] = figures
         write_json(run_dir / f"board{suffix}.json", {"model": model_name, **figures})
         backend = f"Akida board {board.desc}"
