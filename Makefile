@@ -21,7 +21,7 @@ TRAIN_FLAGS := --quick --overwrite
 RUN := runs/qana-quick
 endif
 
-.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida evaluate bench report head head-ablation crop hardware-cost ablations clean
+.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida hardware-table evaluate bench report head head-ablation crop hardware-cost ablations clean
 
 all: train convert deploy-akida ## the main job: train, quantize + convert, run on Akida (RUN)
 
@@ -72,8 +72,11 @@ resume: $(STAMP) ## continue a killed training run: make resume RUN=runs/qana
 convert: $(STAMP) ## quantize (8-bit) and convert RUN to Akida
 	$(QANA) convert --run $(RUN)
 
-deploy-akida: $(STAMP) ## map RUN on Akida devices and run the test split on Akida
-	$(QANA) deploy --run $(RUN)
+deploy-akida: $(STAMP) ## run RUN on an Akida board, else map it (DEVICE=akd1000|six-nodes-v2|...) and simulate
+	$(QANA) deploy --run $(RUN) $(if $(DEVICE),--device $(DEVICE))
+
+hardware-table: $(STAMP) ## every published .fbz x every standard Akida device -> reports/hardware/, README block
+	$(QANA) hardware-table --readme README.md
 
 evaluate: $(STAMP) ## evaluate RUN's Akida model on the test split
 	$(QANA) evaluate --model $(RUN)/qana.fbz --data $(QANA_DATA_DIR) --split test --json $(RUN)/evaluate_test.json

@@ -77,6 +77,22 @@ def test_temperature_recovers_overconfidence_and_lowers_ece():
 
 
 # --------------------------------------------------------------------------------------------------
+def test_calibration_markdown_names_classes_by_the_run():
+    """A 5-class run's rows are akiec, bcc, bkl, mel, nv: mel must not be reported as df."""
+    from qana_keras.calibrate import _summary, calibration_markdown
+
+    classes = ("akiec", "bcc", "bkl", "mel", "nv")
+    labels = np.repeat(np.arange(5), 4)
+    logits = np.eye(5, dtype=np.float32)[np.where(labels == 3, 4, labels)]  # every mel called nv
+    row = _summary(labels, logits, classes)
+    assert row["recall"] == {"akiec": 1.0, "bcc": 1.0, "bkl": 1.0, "mel": 0.0, "nv": 1.0}
+    check = {"argmax_agreement": 1.0, "images": 20, "disagreements": 0, "max_abs_logit_diff": 0.0}
+    md = calibration_markdown({"variant": "v", "objective": "macro_f1", "fit_on": "akida", "n_test": 20,
+                               "classes": list(classes), "offsets": dict.fromkeys(classes, 0.0),
+                               "test": {"Akida": row}, "akida_check": check, "temperature": {}})
+    assert "| recall mel | 0.00 |" in md and "recall df" not in md
+
+
 # Folding into the tiny QANA and its Akida model
 
 

@@ -10,6 +10,7 @@ from qana_keras import CLASSES
 from qana_keras.convert import predict_logits
 from qana_keras.deploy import (VIRTUAL_DEVICES, deploy_run, fidelity_markdown, fidelity_report, run_with_progress,
                                virtual_device_report)
+from qana_keras.devices import NO_BOARD_NOTE, STANDARD_DEVICES, DeviceError
 from qana_keras.io import read_json
 
 
@@ -82,6 +83,26 @@ def test_fidelity_report_checks_the_targets():
     assert "| recall vasc (n=30) |" in md and "**no**" in md
 
 
+def test_fidelity_names_per_class_figures_by_the_runs_classes():
+    """A 5-class run (no df, no vasc): its fourth output is mel, not CLASSES[3] = df."""
+    classes = ("akiec", "bcc", "bkl", "mel", "nv")
+    labels = np.repeat(np.arange(5), 10)
+    groups = np.arange(len(labels))
+    pred = labels.copy()
+    pred[labels == 3] = 4  # every melanoma called a nevus
+    logits = np.eye(5, dtype=np.float32)[pred]
+    report = fidelity_report(labels, groups, {"float": logits, "quantized": logits, "akida": logits}, r_succ=1.0,
+                             classes=classes)
+    assert report["classes"] == list(classes)
+    per_class = report["models"]["akida"]["per_class"]
+    assert list(per_class) == list(classes)
+    assert per_class["mel"]["recall"] == 0.0 and per_class["bkl"]["recall"] == 1.0
+    md = fidelity_markdown({**report, "akida_backend": "test"}, "t")
+    assert "| recall mel (n=10) | 0.00 | 0.00 | 0.00 |" in md and "recall df" not in md and "recall vasc" not in md
+    with pytest.raises(ValueError, match="7 classes"):
+        fidelity_report(labels, groups, {"float": logits, "quantized": logits, "akida": logits}, r_succ=1.0)
+
+
 @pytest.fixture(scope="module")
 def converted_run(tmp_path_factory):
     run, config, _ = converted_tiny_run(tmp_path_factory)
@@ -96,9 +117,14 @@ def test_deploy_without_board_maps_and_simulates(converted_run):
     run, _ = converted_run
     lines = []
     out = deploy_run(run, batch_size=4, log=lines.append)
-    assert lines[0].startswith("no Akida board found")
+    assert lines[0] == NO_BOARD_NOTE
     assert sum("no Akida board" in line for line in lines) == 1
-    assert out["board"] is None and len(out["virtual_devices"]) == len(VIRTUAL_DEVICES) + 1
+    # The default device is the smallest standard one that runs the model in one pass, and the log says so.
+    one_pass = [r for r in out["standard_devices"] if r["status"] == "one-pass"]
+    assert out["device"] == min(one_pass, key=lambda r: r["nps_available"])["device"]
+    assert lines[1].startswith(f"device: {out['device']} (chosen: the smallest standard device that runs it): one pass")
+    assert [r["device"] for r in out["virtual_devices"]] == [d.name for d in STANDARD_DEVICES]
+    assert out["board"] is None and out["chip_measurements"] == {"measured_on_chip": False, "note": NO_BOARD_NOTE}
     assert "not chip" in out["simulator"]["note"]
     assert any("Akida software simulator (CPU):" in line for line in lines)
 
@@ -122,11 +148,32 @@ def test_deploy_refuses_an_unknown_device_before_any_work(converted_run, tiny_ak
     if akida.devices():
         pytest.skip("an Akida board is attached")
     run, _ = converted_run
-    with pytest.raises(ValueError, match="not a virtual device"):
+    with pytest.raises(DeviceError, match="unknown device 'NoSuchDevice'; valid names: akd1000, "):
         deploy_run(run, device="NoSuchDevice", log=lambda *_: None)
     # `--device TwelveNodesIPv2` restricts the report to that device.
     rows = virtual_device_report(tiny_akida[1], ("TwelveNodesIPv2",), include_min=False, log=lambda *_: None)
     assert [r["device"] for r in rows] == ["TwelveNodesIPv2"]
+
+
+def test_cli_deploy_device_errors_are_one_line(converted_run, capsys):
+    import akida
+
+    from qana_keras.cli import main
+
+    if akida.devices():
+        pytest.skip("an Akida board is attached")
+    run, _ = converted_run
+    assert main(["deploy", "--run", str(run), "--device", "SevenNodes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "valid names: akd1000, akd1500, two-nodes-v2" in err
+    # The tiny run is an Akida 2.0 model: AKD1000 (Akida 1.0) refuses it, with where it fits instead.
+    assert main(["deploy", "--run", str(run), "--device", "AKD1000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "is an IP v2 model and akd1000 is an IP v1 device; smallest standard device it fits: " in err
+    assert "compute_min_device " in err and f"`qana deploy --run {run} --device " in err
+    assert main(["deploy", "--run", str(run), "--device", "board"]) == 2
+    assert "no Akida board found" in capsys.readouterr().err
 
 
 def test_bench_writes_cpu_figures(converted_run):

@@ -230,7 +230,7 @@ def calibration_markdown(report: dict) -> str:
              "| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key, label in (("top1", "top-1"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1")):
         lines.append(f"| {label} | " + " | ".join(f"{rows[n][key] * 100:.2f}" for n in names) + " |")
-    for c in CLASSES:
+    for c in report.get("classes", CLASSES):  # reports without "classes" predate class subsets: 7-class runs
         lines.append(f"| recall {c} | " + " | ".join(f"{rows[n]['recall'][c] * 100:.2f}" for n in names) + " |")
     ag = report["akida_check"]
     lines += ["", f"Akida with folded offsets vs host argmax (original Akida logits + offsets): "
@@ -258,7 +258,7 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     from qana_keras.config import load_config
     from qana_keras.convert import (HybridModel, load_converted, predict_logits, quantize_for_akida, to_akida,
                                     _calibration_indices)
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.data.dataset import load_splits, run_classes
     from qana_keras.deploy import run_with_progress
 
     began = time.perf_counter()
@@ -271,6 +271,7 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
         raise RunFolderError(f"{run_dir}: no config.yaml; train and convert a model there first")
     config = load_config(run_dir / "config.yaml")
     variant = config.model.variant
+    classes = run_classes(config.data)  # a class-subset run's outputs are these, not the 7 HAM10000 classes
     paths = calibration_paths(run_dir, variant, bits)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
@@ -290,9 +291,12 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     logits = {"float": {s: predict_logits(model, data[s].images, 256) for s in ("val", "test")},
               "akida": {s: run_with_progress(akida_model, data[s].images, f"Akida simulator, {s}", batch_size,
                                              log=log)[0] for s in ("val", "test")}}
+    if logits["akida"]["val"].shape[1] != len(classes):
+        raise RunFolderError(f"{run_dir}: the Akida model has {logits['akida']['val'].shape[1]} outputs, the run's "
+                             f"config names {len(classes)} classes ({', '.join(classes)})")
     offsets, fit = fit_offsets(logits[fit_on]["val"], val.labels, objective)
     log(f"offsets ({objective} on validation {fit_on} logits, {fit['val_before']:.4f} -> {fit['val_after']:.4f}): "
-        + ", ".join(f"{c} {o:+.2f}" for c, o in zip(CLASSES, offsets)))
+        + ", ".join(f"{c} {o:+.2f}" for c, o in zip(classes, offsets)))
 
     calibrated = add_to_dense_bias(model, offsets)
     if requantize:
@@ -325,10 +329,10 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     log(f"calibrated Akida vs host argmax on test: {check['argmax_agreement'] * 100:.2f} % agree "
         f"({check['disagreements']} differ), max |logit difference| {check['max_abs_logit_diff']:.4g}")
 
-    table = {"float": _summary(test.labels, logits["float"]["test"]),
-             "float + offsets": _summary(test.labels, logits["float_calibrated"]["test"]),
-             "Akida": _summary(test.labels, logits["akida"]["test"]),
-             "Akida + offsets (on chip)": _summary(test.labels, logits["akida_calibrated"]["test"])}
+    table = {"float": _summary(test.labels, logits["float"]["test"], classes),
+             "float + offsets": _summary(test.labels, logits["float_calibrated"]["test"], classes),
+             "Akida": _summary(test.labels, logits["akida"]["test"], classes),
+             "Akida + offsets (on chip)": _summary(test.labels, logits["akida_calibrated"]["test"], classes)}
     temperature, panels = {}, {}
     for name, key in (("Akida + offsets", "akida_calibrated"), ("float + offsets", "float_calibrated")):
         t = fit_temperature(logits[key]["val"], val.labels)
@@ -346,11 +350,11 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
         ak_cal.save(str(tmp))
     plot_reliability(panels, paths["png"])
     report = {"variant": variant, "objective": objective, "fit_on": fit_on, "split_fitted": "val",
-              "offsets": {c: float(o) for c, o in zip(CLASSES, offsets)}, "fit": fit, "route": route,
+              "classes": list(classes), "offsets": {c: float(o) for c, o in zip(classes, offsets)}, "fit": fit, "route": route,
               "n_val": int(len(val)), "n_test": int(len(test)), "test": table, "akida_check": check,
-              "val": {"float": _summary(val.labels, logits["float"]["val"]),
-                      "Akida": _summary(val.labels, logits["akida"]["val"]),
-                      "Akida + offsets (on chip)": _summary(val.labels, logits["akida_calibrated"]["val"])},
+              "val": {"float": _summary(val.labels, logits["float"]["val"], classes),
+                      "Akida": _summary(val.labels, logits["akida"]["val"], classes),
+                      "Akida + offsets (on chip)": _summary(val.labels, logits["akida_calibrated"]["val"], classes)},
               "temperature": temperature, "ece_bins": ECE_BINS, "ece": "top-label, equal-width confidence bins",
               "artifacts": {k: p.name for k, p in paths.items()},
               "seconds": round(time.perf_counter() - began, 1)}

@@ -139,6 +139,13 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def cmd_hardware_table(args) -> int:
+    from qana_keras.hardware import write_hardware_table
+
+    write_hardware_table(args.models, args.out, readme=args.readme)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from qana_keras.evaluate import evaluate_to_json
 
@@ -358,10 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("deploy", help="run a converted model on a board, or map to virtual devices and simulate; "
                                         "writes fidelity.json/.md")
     p.add_argument("--run", required=True, help="run folder converted with `qana convert`")
-    p.add_argument("--device", help="board (substring of its description) or, without a board, one virtual device "
-                                    "(TwoNodesIPv2 ... TwelveNodesIPv2, compute_min_device)")
+    p.add_argument("--device", help="akd1000, akd1500, two-/four-/six-/twelve-nodes-v2 (or the akida class name, "
+                                    "e.g. SixNodesIPv2), min (akida.compute_min_device), board or board:N; default: "
+                                    "a board if akida.devices() finds one, else the smallest standard device that "
+                                    "runs the model in one hardware pass")
     p.add_argument("--bits", type=int, choices=(8, 4), default=8)
     p.set_defaults(func=cmd_deploy)
+
+    p = verbs.add_parser("hardware-table", help="every published .fbz x every standard Akida device (passes, NPs, "
+                                                "program bytes, MACs) with its test accuracy from its folder's JSON")
+    p.add_argument("--models", default=str(REPO_ROOT / "models"), help="folder of published model folders")
+    p.add_argument("--out", default=str(REPO_ROOT / "reports" / "hardware"), help="writes hardware_table.md/.json")
+    p.add_argument("--readme", help="rewrite the <!-- report:hardware-table:start/end --> block of this file")
+    p.set_defaults(func=cmd_hardware_table)
 
     from qana_keras.evaluate import FORMATS  # light: no TensorFlow until a model is loaded
 

@@ -1,7 +1,10 @@
-"""Run a converted model: on an Akida board if there is one, else map it to virtual devices and simulate.
+"""Run a converted model: on an Akida board if there is one, else map it to a virtual device and simulate.
 
-``deploy_run`` writes to the run folder:
-  deploy.json      board figures (latency, throughput, power, energy) or the virtual-device mapping report
+The device (``--device``, see ``qana_keras.devices``) defaults to a board found by ``akida.devices()``, else the
+smallest standard device that runs the model in one hardware pass. ``deploy_run`` writes to the run folder:
+  deploy.json      the device used, the mapping on every standard device, and the board figures or
+                   "not measured on a chip" (``chip_measurements``)
+  board.json       on a board only: latency (batch 1, batched), SoC power and energy per image
   fidelity.json    float vs quantized Keras vs Akida on the lesion-level test split
   fidelity.md      the same as a readable table
 The software simulator runs on the CPU: its speed says nothing about the chip, and is labelled so.
@@ -9,7 +12,6 @@ The software simulator runs on the CPU: its speed says nothing about the chip, a
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,47 +19,18 @@ import numpy as np
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 from qana_keras import CLASSES
+from qana_keras.devices import NO_BOARD_NOTE, NP_TYPES_NOT_NPS, mapping_summary  # noqa: F401  (scripts import them)
 from qana_keras.io import atomic_write_text, write_json
 
 VIRTUAL_DEVICES = ("TwoNodesIPv2", "FourNodesIPv2", "SixNodesIPv2", "TwelveNodesIPv2")
 """Akida 2.0 virtual devices (8, 16, 24, 48 NPs); ``compute_min_device`` is added per model."""
-
-NP_TYPES_NOT_NPS = ("HRC", "SKIP_DMA_STORE", "SKIP_DMA_LOAD")  # components that are not neural processors
 
 # Acceptance targets of the integer model against the float one (issue 4), as in convert.TARGETS.
 TARGETS = {"top1_drop_pt": 0.5, "macro_f1_drop_pt": 1.0, "argmax_agreement": 0.99, "class_recall_drop_pt": 2.0}
 
 
 # --------------------------------------------------------------------------------------------------
-# Mapping
-
-
-def _component_counts(model) -> Counter:
-    counts = Counter()
-    for sequence in model.sequences:
-        for p in sequence.passes:
-            for layer in p.layers:
-                if layer.mapping is not None:
-                    counts.update(np_.type.name for np_ in layer.mapping.nps)
-    return counts
-
-
-def mapping_summary(model) -> dict:
-    """Sequences, passes, NPs by type, program bytes and external memory of a mapped akida.Model."""
-    counts = _component_counts(model)
-    sequences = []
-    for sequence in model.sequences:
-        hardware = sequence.backend.name == "Hardware"
-        sequences.append({"name": sequence.name, "backend": sequence.backend.name, "passes": len(sequence.passes),
-                          "program_bytes": len(sequence.program) if hardware and sequence.program is not None else 0})
-    return {"sequences": len(sequences),
-            "passes": sum(s["passes"] for s in sequences),
-            "hardware_sequences": sum(s["backend"] == "Hardware" for s in sequences),
-            "nps": sum(n for t, n in counts.items() if t not in NP_TYPES_NOT_NPS),
-            "components": dict(sorted(counts.items())),
-            "program_bytes": sum(s["program_bytes"] for s in sequences),
-            "external_memory_bytes": int(model.external_memory_size),
-            "sequence_detail": sequences}
+# Mapping (the standard-device logic is in qana_keras.devices; these keep the 2.0-only report of scripts)
 
 
 def map_to_device(model, device, name: str) -> dict:
@@ -131,10 +104,10 @@ def run_with_progress(model, images: np.ndarray, label: str, batch_size: int = 1
 # Fidelity
 
 
-def _model_metrics(labels, logits) -> dict:
+def _model_metrics(labels, logits, classes) -> dict:
     from qana_keras.metrics import classification_metrics
 
-    m = classification_metrics(labels, logits)
+    m = classification_metrics(labels, logits, classes)
     return {"top1": m["top1"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
             "macro_auc": m["macro_auc"],
             "per_class": {c: {k: v[k] for k in ("recall", "precision", "f1", "support")}
@@ -143,14 +116,22 @@ def _model_metrics(labels, logits) -> dict:
 
 
 def fidelity_report(labels: np.ndarray, groups: np.ndarray, logits: dict[str, np.ndarray], r_succ: float,
-                    seed: int = 0) -> dict:
-    """Float vs quantized Keras vs Akida on one split; ``logits`` has keys float, quantized, akida."""
+                    seed: int = 0, classes: tuple[str, ...] = CLASSES) -> dict:
+    """Float vs quantized Keras vs Akida on one split; ``logits`` has keys float, quantized, akida.
+
+    ``classes``: the run's output classes in output order (``run_classes``), which name the per-class figures.
+    """
     from qana_keras.metrics import paired_bootstrap_difference
 
+    classes = tuple(classes)
+    for name, value in logits.items():
+        if value.shape[1] != len(classes):
+            raise ValueError(f"{name} logits have {value.shape[1]} outputs, the run has {len(classes)} classes "
+                             f"({', '.join(classes)})")
     pred = {k: v.argmax(1) for k, v in logits.items()}
-    models = {k: _model_metrics(labels, v) for k, v in logits.items()}
+    models = {k: _model_metrics(labels, v, classes) for k, v in logits.items()}
     f, a = models["float"], models["akida"]
-    recall_drop = {c: (f["per_class"][c]["recall"] - a["per_class"][c]["recall"]) * 100 for c in CLASSES}
+    recall_drop = {c: (f["per_class"][c]["recall"] - a["per_class"][c]["recall"]) * 100 for c in classes}
     agreement = {"quantized_vs_float": float(np.mean(pred["quantized"] == pred["float"])),
                  "akida_vs_float": float(np.mean(pred["akida"] == pred["float"])),
                  "akida_vs_quantized": float(np.mean(pred["akida"] == pred["quantized"]))}
@@ -165,6 +146,7 @@ def fidelity_report(labels: np.ndarray, groups: np.ndarray, logits: dict[str, np
         "no_class_recall_drop_over_2pt": recall_drop[worst_class] <= TARGETS["class_recall_drop_pt"],
     }
     return {
+        "classes": list(classes),
         "n_images": int(len(labels)),
         "n_lesions": int(len(np.unique(groups))),
         "r_succ": r_succ,
@@ -191,7 +173,7 @@ def fidelity_markdown(report: dict, title: str) -> str:
              "| metric | " + " | ".join(names.values()) + " |", "|---|" + "---:|" * len(names)]
     for key, label in (("top1", "top-1"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1")):
         lines.append(f"| {label} | " + " | ".join(f"{m[k][key] * 100:.2f}" for k in names) + " |")
-    for c in CLASSES:
+    for c in report.get("classes", CLASSES):  # older reports predate "classes": they are 7-class runs
         lines.append(f"| recall {c} (n={m['float']['per_class'][c]['support']}) | "
                      + " | ".join(f"{m[k]['per_class'][c]['recall'] * 100:.2f}" for k in names) + " |")
     ag = report["argmax_agreement"]
@@ -223,57 +205,34 @@ def fidelity_markdown(report: dict, title: str) -> str:
 # Board
 
 
-def _pick_board(name: str | None):
+def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, repeats: int = 5,
+                 log=print) -> tuple[np.ndarray, dict]:
+    """Map to ``board``, measure latency/power/energy (``devices.measure_board``), then the logits of ``images``."""
     import akida
 
-    boards = list(akida.devices())
-    if not boards:
-        return None
-    if name is None:
-        return boards[0]
-    for board in boards:
-        if name in board.desc:
-            return board
-    raise ValueError(f"no Akida board matches {name!r}; found: {', '.join(b.desc for b in boards)}")
-
-
-def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, log=print) -> tuple[np.ndarray, dict]:
-    """Map to ``board``, run ``images`` with power measurement, return (logits, chip figures)."""
     from qana_keras.convert import HybridModel, predict_logits
+    from qana_keras.devices import DeviceError, measure_board
 
     akida_model = model.akida_model if isinstance(model, HybridModel) else model
-    akida_model.map(board, hw_only=True)
-    summary = mapping_summary(akida_model)
-    floor_mw = None
-    if board.soc is not None:  # some boards expose no SoC, hence no power meter
-        board.soc.power_measurement_enabled = True
-        time.sleep(1.0)  # the power meter needs a moment before its floor reading is populated
-        floor_mw = board.soc.power_meter.floor
-    else:
-        log(f"board {board.desc} has no power meter: latency and throughput only")
+    try:
+        akida_model.map(board, hw_only=True)
+    except RuntimeError:  # does not fit in one pass: let the board reconfigure between passes
+        try:
+            akida_model.map(board, hw_only=True, mode=akida.MapMode.HwPr)
+        except RuntimeError as error:
+            raise DeviceError(f"the model does not map on board {board.desc}: {str(error).splitlines()[0]}; run "
+                              "`qana hardware-table` or `qana deploy --device NAME` to see which devices fit") from None
+    figures = {**measure_board(board, lambda x: predict_logits(model, x, batch_size), images, batch_size, repeats),
+               "images": int(len(images)), "mapping": mapping_summary(akida_model)}
+    if isinstance(model, HybridModel):
+        figures["note"] = "the figures include the host tail after the Akida prefix"
     began = time.perf_counter()
     logits = predict_logits(model, images, batch_size)
-    wall = time.perf_counter() - began
-    stats = akida_model.statistics  # the last predict call: the whole split, pipelined in batches
-    # Per-image latency: one image at a time (throughput at batch 100 overlaps images in the pipeline).
-    single = []
-    for image in images[:20]:
-        akida_model.predict(np.ascontiguousarray(image[None], dtype=np.uint8))
-        if akida_model.statistics.fps:
-            single.append(1000.0 / akida_model.statistics.fps)
-    powers = stats.powers or {}
-    figures = {"device": board.desc, "images": int(len(images)), "mapping": summary,
-               "throughput_images_per_second": stats.fps,
-               "latency_ms_per_image_batch1": float(np.median(single)) if single else None,
-               "average_power_mw": powers.get("Avg"), "power_mw": powers or None, "floor_power_mw": floor_mw,
-               "energy_mj_per_image": stats.energy, "inference_clk": stats.inference_clk,
-               "host_wall_seconds": wall,
-               "note": "from the board's own metrics (model.statistics, soc.power_meter)"}
-    if isinstance(model, HybridModel):
-        figures["note"] += "; they cover the Akida prefix only, not the host tail"
-    log(f"board {board.desc}: {figures['throughput_images_per_second']} images/s, latency "
-        f"{figures['latency_ms_per_image_batch1']} ms/image (batch 1), average power {powers.get('Avg')} mW, "
-        f"energy {stats.energy} mJ/image")
+    figures["host_wall_seconds_test_split"] = time.perf_counter() - began
+    log(f"board {figures['device']}: latency {figures['latency_ms_batch1']:.2f} ms/image at batch 1, "
+        f"{figures['latency_ms_per_image_batched']:.2f} ms/image at batch {figures['batch_size']}; average power "
+        f"{figures['average_power_mw']} mW (floor {figures['floor_power_mw']} mW); energy "
+        f"{figures['energy_mj_per_image']} mJ/image")
     return logits, figures
 
 
@@ -282,48 +241,69 @@ def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, log=pr
 
 
 def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, batch_size: int = 100,
-               data_config=None, log=print) -> dict:
-    """Board run or virtual-device mapping, then the fidelity report on the test split (see module docstring)."""
+               data_config=None, repeats: int = 5, log=print) -> dict:
+    """Board run, or the mapping on the chosen virtual device (default: the smallest standard device that runs
+    the model in one pass) and the simulator; then the fidelity report on the test split (see module docstring).
+
+    Raises ``devices.DeviceError`` (one line) for a wrong device name, a model of the other IP version, or a
+    model that does not fit the device.
+    """
     import akida
     import tf_keras as keras
 
     from qana_keras.config import load_config
     from qana_keras.convert import HybridModel, load_converted, precision_tag, predict_logits
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.data.dataset import load_splits, run_classes
+    from qana_keras.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
+                                    min_device_report, not_measured, parse_device)
 
     run_dir = Path(run_dir)
-    board = _pick_board(device)
-    if board is None and device is not None and device not in (*VIRTUAL_DEVICES, "compute_min_device"):
-        raise ValueError(f"no Akida board found, and {device!r} is not a virtual device "
-                         f"({', '.join(VIRTUAL_DEVICES)}, compute_min_device)")
-    if board is None:
-        log("no Akida board found (akida.devices() is empty): mapping to virtual devices, then running the "
-            "software simulator on the CPU")
+    choice = parse_device(device)  # a wrong name fails here, before any work
+    board = find_board(choice)
     converted = load_converted(run_dir, bits)
     report, qmodel, ak = converted["report"], converted["quantized"], converted["akida"]
+    akida_model = ak.akida_model if isinstance(ak, HybridModel) else ak
+    model_name = str(run_dir / converted["report"].get("artifacts", {}).get("akida", "model.fbz"))
+    suffix = "" if bits == 8 else f"_{precision_tag(bits)}"
+    hint = str(run_dir) + ("" if bits == 8 else f" --bits {bits}")
+
+    out = {"variant": converted["variant"], "precision": report["precision"], "r_succ": report["r_succ"],
+           "hybrid": report.get("hybrid"), "akida_version": akida.__version__, "model_ip": ip_of(akida_model)}
+    if board is None:
+        name, _device, row, rows, mins = choose_device(akida_model, choice, model_name, hint)
+        why = "chosen: the smallest standard device that runs it" if choice.kind == "default" else "asked for"
+        log(NO_BOARD_NOTE)
+        log(f"device: {name} ({why}): {row['label']}, {row.get('nps')} of {row['nps_available']} NPs, program "
+            f"{row.get('program_bytes', 0):,} bytes; then the software simulator on the CPU")
+    else:
+        rows, mins = device_reports(akida_model), min_device_report(akida_model)
+        if ip_of(board) != out["model_ip"]:
+            check_fit(model_name, {"status": "ip-mismatch", "device": f"board {board.desc}", "ip": ip_of(board),
+                                   "model_ip": out["model_ip"]}, rows, mins, hint)
+        name = f"board {board.desc}"
+        log(f"Akida board found: {board.desc}; mapping and measuring latency, power and energy on it")
+    out["device"] = name
+    out["standard_devices"] = rows
+    out["compute_min_device"] = mins
+    # "virtual_devices" keeps the rows qana report reads (device, ok, passes, nps, program_bytes ...).
+    out["virtual_devices"] = rows + ([{**row, "device": "compute_min_device"}] if name == "compute_min_device" else [])
+
     config = load_config(run_dir / "config.yaml")
     if data_config is not None:
         config.data = data_config
+    classes = run_classes(config.data)
     fmodel = keras.models.load_model(converted["paths"]["float"], compile=False)
     test = load_splits(config.data, log=log)["test"]
-    akida_model = ak.akida_model if isinstance(ak, HybridModel) else ak
-    suffix = "" if bits == 8 else f"_{precision_tag(bits)}"
-
-    out = {"variant": converted["variant"], "precision": report["precision"], "r_succ": report["r_succ"],
-           "hybrid": report.get("hybrid"), "akida_version": akida.__version__}
     if board is not None:
-        a_logits, out["board"] = run_on_board(ak, board, test.images, batch_size, log=log)
+        a_logits, figures = run_on_board(ak, board, test.images, batch_size, repeats, log=log)
+        out["board"] = out["chip_measurements"] = figures
+        write_json(run_dir / f"board{suffix}.json", {"model": model_name, **figures})
         backend = f"Akida board {board.desc}"
     else:
-        names = VIRTUAL_DEVICES
-        if device is not None:
-            names = () if device == "compute_min_device" else (device,)
-        log(f"mapping {'the Akida prefix' if isinstance(ak, HybridModel) else 'the model'} with hw_only=True:")
-        out["board"] = None
-        out["virtual_devices"] = virtual_device_report(akida_model, names,
-                                                       include_min=device in (None, "compute_min_device"), log=log)
-        akida_model.map(None)
+        akida_model.map(None)  # a model mapped to a virtual device cannot run inference
         a_logits, seconds = run_with_progress(ak, test.images, "Akida software simulator (CPU)", batch_size, log=log)
+        out["board"] = None
+        out["chip_measurements"] = not_measured()
         out["simulator"] = {"images": int(len(test)), "seconds": round(seconds, 2),
                             "images_per_second_cpu": len(test) / seconds,
                             "note": "Akida software backend on this CPU; not chip latency or throughput"}
@@ -332,7 +312,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     logits = {"float": predict_logits(fmodel, test.images, 256), "quantized": predict_logits(qmodel, test.images, 256),
               "akida": a_logits}
     fidelity = fidelity_report(test.labels, test.frame["lesion_id"].to_numpy(), logits, report["r_succ"],
-                               seed=config.train.seed)
+                               seed=config.train.seed, classes=classes)
     fidelity = {"variant": converted["variant"], "precision": report["precision"], "split": "test",
                 "akida_backend": backend, **fidelity}
     write_json(run_dir / f"fidelity{suffix}.json", fidelity)

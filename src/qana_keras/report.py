@@ -573,7 +573,8 @@ def _hardware_sentence(s: dict) -> str:
         parts.append(f"software simulator{' + host tail' if hybrid else ''} {sim['images_per_second_cpu']:.1f} "
                      "images/s on this CPU (not chip speed)")
     board = (s["deploy"] or {}).get("board")
-    parts.append("chip latency, power and energy: measured on " + str(board) if board else
+    where = board.get("device") if isinstance(board, dict) else board  # deploy.json holds the board's figures
+    parts.append(f"chip latency, power and energy: measured on {where}" if board else
                  "chip latency, power and energy: not measured (no Akida board)")
     return parts[0] + " " + "; ".join(parts[1:]) + "."
 
@@ -678,7 +679,8 @@ def hardware_block(summaries: list[dict]) -> str:
                   f"{sim['images_per_second_cpu']:.1f}" if sim.get("images_per_second_cpu") else "not measured",
                   "deploy.json (software backend, not chip speed)"]]
         board = dep.get("board")
-        rows += [[f"`models/{s['name']}`", item, "measured on " + str(board) if board else "not measured (no board)",
+        where = str(board.get("device", board)) if isinstance(board, dict) else str(board)  # deploy.json board figures
+        rows += [[f"`models/{s['name']}`", item, "measured on " + where if board else "not measured (no board)",
                   "—"] for item in HARDWARE_NOT_MEASURED]
     if not rows:
         return "No model has a deploy.json: nothing was mapped to Akida."
