@@ -158,6 +158,7 @@ RULES = {
     "train.augment_zoom": _between(0.0, 1.0, high_open=True),
     "train.soft_target_weight": _between(0.0, 1.0),
     "train.max_images": _at_least(0),
+    "train.backbone_lr_scale": _between(0.0, 1.0),
 }
 
 _YAML_EXPONENT = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")

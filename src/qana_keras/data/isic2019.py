@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from qana_keras.data.ham10000 import IMAGE_EXTENSIONS, DatasetError, read_csv_rows, unsafe_name_problem
+from qana_keras.data.ham10000 import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
+                                     unsafe_name_problem)
 from qana_keras.data.isic2018 import _one_hot_value
 
 SOURCE = "isic2019"
@@ -51,11 +52,16 @@ def is_ham10000_id(image_id: str) -> bool:
     return image_id.startswith("ISIC_") and number.isdigit() and HAM10000_ID_RANGE[0] <= int(number) <= HAM10000_ID_RANGE[1]
 
 
-def _image_files(images_dir: Path) -> dict[str, list[Path]]:
+def _image_files(images_dir: Path, problems: list[str]) -> dict[str, list[Path]]:
+    """Image files by stem; a link pointing out of the folder is a problem, not an image."""
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for entry in os.scandir(images_dir):
         stem, ext = os.path.splitext(entry.name)
         if entry.is_file() and not entry.name.startswith(".") and ext.lower() in IMAGE_EXTENSIONS:
+            outside = entry.is_symlink() and link_outside_problem(entry.path, images_dir)
+            if outside:
+                problems.append(f"{IMAGES_DIR}/{entry.name} {outside}")
+                continue
             by_stem[stem].append(Path(entry.path))
     return by_stem
 
@@ -95,6 +101,8 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
     if parsed is None:
         raise DatasetError(f"{csv_path} is unreadable", problems)
     header, rows = parsed
+    if not rows:
+        raise DatasetError(f"{csv_path} has a header but no rows: the data set is empty; {hint}")
     expected = ["image", *CLASS_COLUMNS]
     unknown = [c for c in header if c not in expected]
     missing = [c for c in expected if c not in header and c != "UNK"]  # UNK is absent from some copies
@@ -103,7 +111,7 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
                            f"({','.join(expected)}): unknown {unknown}, missing {missing}")
     col = {c: i for i, c in enumerate(header)}
     lesions = _lesion_ids(root / METADATA_FILE, problems)
-    files = _image_files(images_dir)
+    files = _image_files(images_dir, problems)
     ham_image_ids, ham_lesion_ids = ham_image_ids or set(), ham_lesion_ids or set()
 
     seen: dict[str, int] = {}
