@@ -285,11 +285,11 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
                data_config=None, log=print) -> dict:
     """Board run or virtual-device mapping, then the fidelity report on the test split (see module docstring)."""
     import akida
-    import tf_keras as keras
 
     from qana_keras.config import load_config
     from qana_keras.convert import HybridModel, load_converted, precision_tag, predict_logits
     from qana_keras.data.dataset import load_splits
+    from qana_keras.safe_load import load_keras_model
 
     run_dir = Path(run_dir)
     board = _pick_board(device)
@@ -304,7 +304,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     config = load_config(run_dir / "config.yaml")
     if data_config is not None:
         config.data = data_config
-    fmodel = keras.models.load_model(converted["paths"]["float"], compile=False)
+    fmodel = load_keras_model(converted["paths"]["float"])
     test = load_splits(config.data, log=log)["test"]
     akida_model = ak.akida_model if isinstance(ak, HybridModel) else ak
     suffix = "" if bits == 8 else f"_{precision_tag(bits)}"
