@@ -498,8 +498,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Expected failures are bad input the user can fix: the project's error classes (DatasetError,
     RunFolderError, safe_load.ArtifactError, ...), ValueError and OSError (a missing, unwritable or corrupt
-    file). They print ``error: <message>`` on one line, no traceback (``--debug`` shows it). Anything else
-    (KeyError, TypeError, ...) is a bug and keeps its traceback.
+    file). They print ``error: <message>`` (one line; a DatasetError lists its problems below it), no
+    traceback (``qana --debug <verb>`` shows it). Anything else (KeyError, TypeError, ...) is a bug and keeps
+    its traceback.
     """
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that say how they were made
@@ -511,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, RunFolderError, ValueError, OSError) as error:
         if args.debug:
             raise
-        message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the library wrote
+        # One line, whatever a library wrote; a DatasetError keeps its deliberate list of problems.
+        message = str(error) if isinstance(error, DatasetError) else " ".join(str(error).split())
+        message = message or type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
 
