@@ -201,9 +201,11 @@ def test_h5_that_is_no_model_is_a_one_line_error(model_dir, tmp_path, capsys, ma
 
 
 def test_every_model_load_in_src_goes_through_safe_load():
-    """No direct ``load_model`` / ``akida.Model(path)`` outside safe_load (new loaders must use it too)."""
+    """No direct ``load_model`` / ``akida.Model(path)`` in src/ or the notebooks outside safe_load (new loaders
+    must use it too; notebooks call ``nbsetup.load_run_model``)."""
     direct = re.compile(r"\bload_model\(|akida\.Model\((?!layers=)")
-    files = [*sorted((REPO / "src" / "qana_keras").rglob("*.py")), REPO / "notebooks" / "nbsetup.py"]
+    files = [*sorted((REPO / "src" / "qana_keras").rglob("*.py")), *sorted((REPO / "notebooks").glob("*.ipynb")),
+             REPO / "notebooks" / "nbsetup.py"]
     offenders = [f"{f.relative_to(REPO)}:{n}: {line.strip()}" for f in files if f.name != "safe_load.py"
                  for n, line in enumerate(f.read_text().splitlines(), 1)
                  if direct.search(line) and "just written by this process" not in line]
@@ -231,6 +233,18 @@ def test_conversion_json_cannot_point_outside_the_model_folder(model_dir, tmp_pa
 
 def test_inside_folder_accepts_plain_names(tmp_path):
     assert safe_load.inside_folder(tmp_path, "qana_i8_w8_a8.h5", "x.json") == tmp_path / "qana_i8_w8_a8.h5"
+
+
+def test_notebook_helper_keeps_names_inside_the_run(tmp_path):
+    sys.path.insert(0, str(REPO / "notebooks"))
+    try:
+        from nbsetup import load_run_model
+    finally:
+        sys.path.remove(str(REPO / "notebooks"))
+    shutil.copy(COMMITTED_FBZ, tmp_path / "qana.fbz")
+    assert type(load_run_model(tmp_path, "qana.fbz")).__name__ == "Model"
+    with pytest.raises(ArtifactError, match="points outside its folder"):
+        load_run_model(tmp_path / "sub", "../qana.fbz")
 
 
 # --------------------------------------------------------------------------------------------------
