@@ -33,6 +33,14 @@ TINY_MODEL = dict(widths=(8, 16), stem_filters=8, head_channels=8, sa_eca_stages
 QUICK_SIZE = 16  # the tiny model's final map is then 4x4, as the head reads it (no pooling to the head grid)
 
 
+def load_run_model(run: Path, name: str):
+    """The model file ``name`` of the run folder ``run`` (.h5 or .fbz), through ``qana_keras.safe_load``: the name
+    (often read from a run's JSON) must stay inside ``run``, and the file is checked before any library reads it."""
+    from qana_keras.safe_load import inside_folder, load_model_file
+
+    return load_model_file(inside_folder(run, name, run))
+
+
 def quick_from_env(quick: bool | None = None) -> bool:
     """``quick`` if given (a papermill parameter), else ``QANA_NOTEBOOK_QUICK=1``."""
     if quick is not None:

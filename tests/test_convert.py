@@ -12,6 +12,7 @@ from qana_keras.convert import (ConversionError, HybridModel, check_hardware_nat
                                 quantize_for_akida, quantize_model, tail_model, target_gap, to_akida)
 from qana_keras.data import ham10000, splits
 from qana_keras.io import RunFolderError, read_json
+from qana_keras.safe_load import file_record
 
 
 def make_tiny_run(root, variant: str = "qana", epochs: int = 1, size: int = 32, classes: tuple[str, ...] = ()):
@@ -178,6 +179,8 @@ def test_convert_run_writes_artifacts_and_reports(qana_run):
     assert set(saved["val"]) >= {"float", "ptq", "final", "ptq_top1_drop_pt"}
     assert saved["akida"]["output_shape"] == [1, 1, 7]
     assert saved["akida_vs_quantized_val_check"]["argmax_agreement"] == 1.0
+    # Size and SHA-256 of both artifacts, checked by safe_load whenever they are loaded.
+    assert saved["checksums"] == {name: file_record(run / name) for name in ("qana_i8_w8_a8.h5", "qana.fbz")}
 
     # What was saved runs the same after reloading: .fbz against the reloaded quantized .h5.
     loaded = load_converted(run)

@@ -253,13 +253,12 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     ``fit_on``: "akida" fits on the deployed Akida model's validation logits (what the chip decides
     on), "float" on the float model's. ``data`` overrides loading the run's splits (tests).
     """
-    import tf_keras as keras
-
     from qana_keras.config import load_config
     from qana_keras.convert import (HybridModel, load_converted, predict_logits, quantize_for_akida, to_akida,
                                     _calibration_indices)
     from qana_keras.data.dataset import load_splits, run_classes
     from qana_keras.deploy import run_with_progress
+    from qana_keras.safe_load import load_keras_model
 
     began = time.perf_counter()
     if objective not in OBJECTIVES:
@@ -282,7 +281,7 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
         raise RunFolderError(f"{run_dir}: the converted model is a hybrid (head/dense runs on the host); calibrate "
                              "folds offsets into an Akida dense layer, so it needs a fully integer run")
     float_path = converted["paths"]["float"]
-    model = keras.models.load_model(float_path, compile=False)
+    model = load_keras_model(float_path)
     akida_model = converted["akida"]
     data = data if data is not None else load_splits(config.data, log=log)
     val, test = data["val"], data["test"]

@@ -311,6 +311,7 @@ def add_crop_evaluation_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qana", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     data = verbs.add_parser("data", help="validate, split, cache or download HAM10000").add_subparsers(
@@ -392,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), help="HAM10000 only: one split of the split file")
     p.add_argument("--split-file", help="split CSV (default: the split_file of the model's config)")
     p.add_argument("--ground-truth", help="ISIC 2018 one-hot ground-truth CSV")
-    p.add_argument("--cache-dir", help="decoded-image cache (default: the model config's cache_dir)")
+    p.add_argument("--cache-dir", help="decoded-image cache (default: $QANA_CACHE_DIR, else the model config's)")
     p.add_argument("--json", required=True, help="metrics JSON to write; PNGs go beside it (<name>_confusion.png, "
                                                  "_roc.png, _subgroups.png)")
     p.add_argument("--group-by", help="metadata column the bootstrap resamples (default: lesion_id for HAM10000, "
@@ -529,6 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; exit status 0 on success, 1 or 2 on an expected failure.
+
+    Expected failures are bad input the user can fix: the project's error classes (DatasetError,
+    RunFolderError, safe_load.ArtifactError, ...), ValueError and OSError (a missing, unwritable or corrupt
+    file). They print ``error: <message>`` (one line; a DatasetError lists its problems below it), no
+    traceback (``qana --debug <verb>`` shows it). Anything else (KeyError, TypeError, ...) is a bug and keeps
+    its traceback.
+    """
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that say how they were made
     from qana_keras.data.ham10000 import DatasetError
@@ -536,8 +545,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DatasetError, RunFolderError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (DatasetError, RunFolderError, ValueError, OSError) as error:
+        if args.debug:
+            raise
+        # One line, whatever a library wrote; a DatasetError keeps its deliberate list of problems.
+        message = str(error) if isinstance(error, DatasetError) else " ".join(str(error).split())
+        message = message or type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

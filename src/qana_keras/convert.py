@@ -39,6 +39,7 @@ import tf_keras as keras
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, atomic_path, read_json, write_json
 from qana_keras.models.pretrained import LITE0_CUTS
+from qana_keras.safe_load import file_record
 
 HARDWARE_NATIVE = frozenset({"qana", "plain-cnn", "akidanet-0.25", "akidanet-0.5", "qana-akd1000",
                              *(f"lite0-b{block}" for block in LITE0_CUTS)})
@@ -430,17 +431,17 @@ class HybridModel:
 
     @classmethod
     def load(cls, akida_path: str | Path, quantized_path: str | Path, boundary: str) -> "HybridModel":
-        import akida
+        from qana_keras.safe_load import load_akida_model
 
         qmodel = load_quantized(quantized_path)
-        return cls(akida.Model(str(akida_path)), tail_model(qmodel, boundary), boundary)
+        return cls(load_akida_model(akida_path), tail_model(qmodel, boundary), boundary)
 
 
 def load_quantized(path: str | Path) -> keras.Model:
-    """A quantized Keras .h5 (importing quantizeml registers its layers with Keras)."""
-    import quantizeml  # noqa: F401
+    """A float or quantized Keras .h5, checked before loading (``safe_load.load_keras_model``)."""
+    from qana_keras.safe_load import load_keras_model
 
-    return keras.models.load_model(path, compile=False)
+    return load_keras_model(path)
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
@@ -454,9 +455,8 @@ def predict_logits(model, images: np.ndarray, batch_size: int = 100) -> np.ndarr
 
 def load_converted(run_dir: str | Path, bits: int = 8) -> dict:
     """The converted artifacts of a run: {"report", "quantized", "akida" (akida.Model or HybridModel)}."""
-    import akida
-
     from qana_keras.config import load_config
+    from qana_keras.safe_load import load_akida_model
 
     run_dir = Path(run_dir)
     variant = load_config(run_dir / "config.yaml").model.variant
@@ -467,7 +467,7 @@ def load_converted(run_dir: str | Path, bits: int = 8) -> dict:
                                 f"run `qana convert --run {run_dir}{'' if bits == 8 else ' --bits 4'}` first")
     report = read_json(paths["report"])
     qmodel = load_quantized(paths["quantized"])
-    ak = akida.Model(str(paths["akida"]))
+    ak = load_akida_model(paths["akida"])
     if report.get("hybrid"):
         boundary = report["hybrid"]["boundary"]
         ak = HybridModel(ak, tail_model(qmodel, boundary), boundary)
@@ -630,7 +630,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     _refuse_overwrite(paths, overwrite)
     native = variant in HARDWARE_NATIVE
 
-    model = keras.models.load_model(paths["float"], compile=False)
+    model = load_quantized(paths["float"])
     data = load_splits(config.data, log=log)
     train, val = data["train"], data["val"]
     classes = run_classes(config.data)
@@ -736,6 +736,8 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
         "akida_vs_quantized_val_check": {"images": int(len(check)), "argmax_agreement": agreement,
                                          "max_abs_logit_diff": max_diff},
         "artifacts": {k: p.name for k, p in paths.items()},
+        # Checked whenever these files are loaded (safe_load.verify_recorded_checksum): a truncated copy is refused.
+        "checksums": {p.name: file_record(p) for p in (paths["quantized"], paths["akida"])},
         "seconds": {"quantize": round(quantize_seconds, 1), "convert": round(convert_seconds, 1),
                     "total": round(time.perf_counter() - began, 1)},
     }

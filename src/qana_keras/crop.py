@@ -288,14 +288,14 @@ def compute_crops(meta, data_config, log=print) -> dict:
 
 def load_cached_crops(meta, data_config, name: str = "ham10000", log=print) -> np.ndarray:
     """``(N, size, size, 3)`` uint8 crops of ``meta``'s images, from the cache when its key matches."""
-    from qana_keras.data.cache import cache_key
+    from qana_keras.data.cache import cache_key, read_cache_file
 
     start = time.perf_counter()
     size, paths = data_config.image_size, meta["path"].tolist()
     key = cache_key(paths, size, extra=crop_cache_params(meta, data_config))
     cache_file = Path(data_config.cache_dir) / f"{name}_{data_config.crop}crop_{size}px_{key}.npy"
     if cache_file.exists():
-        crops = np.load(cache_file)
+        crops = read_cache_file(cache_file)
         if crops.shape == (len(paths), size, size, 3) and crops.dtype == np.uint8:
             log(f"loaded {len(paths)} cached {data_config.crop} crops from {cache_file} "
                 f"in {time.perf_counter() - start:.1f}s")
@@ -537,6 +537,7 @@ def crop_setup(model_path, saliency_model=None, saliency=None, baseline=None, th
     its ``data.crop_model``; for a whole-image classifier, to the classifier itself.
     """
     from qana_keras.config import Config, load_config
+    from qana_keras.evaluate import cache_dir_for
 
     model_path = Path(model_path)
     config_path = model_path.parent / "config.yaml"
@@ -550,7 +551,7 @@ def crop_setup(model_path, saliency_model=None, saliency=None, baseline=None, th
             "params": CropParams(threshold=data.crop_threshold if threshold is None else threshold,
                                  margin=data.crop_margin if margin is None else margin),
             "data_dir": str(data_dir), "split_file": str(split_file or data.split_file),
-            "cache_dir": str(cache_dir or os.environ.get("QANA_CACHE_DIR") or data.cache_dir),
+            "cache_dir": cache_dir_for(cache_dir, data),
             "mask_dir": str(mask_dir or data.mask_dir or Path(data_dir) / MASK_DIR),
             "classifier_trained_on": data.crop}
 

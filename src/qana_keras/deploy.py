@@ -249,13 +249,13 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     model that does not fit the device.
     """
     import akida
-    import tf_keras as keras
 
     from qana_keras.config import load_config
     from qana_keras.convert import HybridModel, load_converted, precision_tag, predict_logits
     from qana_keras.data.dataset import load_splits, run_classes
     from qana_keras.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
                                     min_device_report, not_measured, parse_device)
+    from qana_keras.safe_load import load_keras_model
 
     run_dir = Path(run_dir)
     choice = parse_device(device)  # a wrong name fails here, before any work
@@ -292,7 +292,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     if data_config is not None:
         config.data = data_config
     classes = run_classes(config.data)
-    fmodel = keras.models.load_model(converted["paths"]["float"], compile=False)
+    fmodel = load_keras_model(converted["paths"]["float"])
     test = load_splits(config.data, log=log)["test"]
     if board is not None:
         a_logits, figures = run_on_board(ak, board, test.images, batch_size, repeats, log=log)

@@ -32,6 +32,7 @@ import numpy as np
 
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
+from qana_keras.safe_load import load_akida_model
 
 EDGE_LAYER = "edge_learning"
 PROTOCOLS = ("class-incremental", "domain", "new-class")
@@ -121,7 +122,7 @@ def learning_model(fbz: str | Path, n_classes: int, num_weights: int, config: Ed
     """The v1 model with its head replaced by an AkidaUnsupervised FullyConnected layer for ``n_classes``."""
     import akida
 
-    model = akida.Model(str(fbz))
+    model = load_akida_model(fbz)
     body = backbone(model)
     body.add(akida.FullyConnected(name=EDGE_LAYER, units=n_classes * config.neurons_per_class, activation=False))
     body.compile(optimizer=akida.AkidaUnsupervised(num_weights=num_weights, num_classes=n_classes,
@@ -181,7 +182,7 @@ def _snapshot(model, path: Path):
     import akida
 
     model.save(str(path))
-    return akida.Model(str(path))
+    return akida.Model(str(path))  # just written by this process: no safe_load check needed
 
 
 def class_incremental(model_path: Path, work: Path, data, base: list[str], num_weights: int, config: EdgeConfig,
@@ -334,7 +335,7 @@ def edge_learn_run(run_dir: str | Path, protocols=PROTOCOLS, pad_root: str | Pat
     out_json, out_md = run_dir / "edge_learning.json", run_dir / "edge_learning.md"
     if (out_json.exists() or out_md.exists()) and not overwrite:
         raise RunFolderError(f"{out_json} already exists; pass --overwrite to replace it")
-    model = akida.Model(str(fbz))
+    model = load_akida_model(fbz)
     classes = _check_classes(run_dir, int(np.prod(model.output_shape)))
     if "class-incremental" in protocols and len(classes) == len(CLASSES):
         raise EdgeError(f"{run_dir}: its backbone was trained on all 7 classes; the class-incremental protocol needs a "

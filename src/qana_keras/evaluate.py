@@ -13,6 +13,8 @@ lesion_ids there belong to two patients, and a patient's lesions share skin and 
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +24,7 @@ import numpy as np
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 from qana_keras import CLASSES
-from qana_keras.io import read_json, write_json
+from qana_keras.io import write_json
 
 FORMATS = ("ham10000", "pad-ufes-20", "isic2018")
 # Default resampling unit of the bootstrap per format; isic2018 uses lesion_id when groupings are given.
@@ -31,34 +33,32 @@ N_BOOT = 1000
 
 
 def load_model_any(path: str | Path):
-    """A .h5 (float or quantized Keras) or .fbz (Akida; a hybrid's prefix gets its host tail back)."""
+    """A .h5 (float or quantized Keras) or .fbz (Akida; a hybrid's prefix gets its host tail back), checked
+    before loading (``safe_load``)."""
+    from qana_keras.safe_load import inside_folder, load_akida_model, load_model_file
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model {path} not found")
-    if path.suffix == ".h5":
-        from qana_keras.convert import load_quantized
-
-        return load_quantized(path)  # also loads float models; importing quantizeml costs ~3 s
     if path.suffix == ".fbz":
-        import akida
-
         from qana_keras.convert import HybridModel
 
-        model = akida.Model(str(path))
-        report = _conversion_report_for(path)
-        if report and report.get("hybrid"):
-            quantized = path.parent / report["artifacts"]["quantized"]
+        found = _conversion_report_for(path)
+        if found and found[1].get("hybrid"):
+            source, report = found
+            quantized = inside_folder(path.parent, (report.get("artifacts") or {}).get("quantized"), source)
             return HybridModel.load(path, quantized, report["hybrid"]["boundary"])
-        return model
-    raise ValueError(f"{path}: unknown model format {path.suffix!r}; expected .h5 (Keras) or .fbz (Akida)")
+        return load_akida_model(path)
+    return load_model_file(path)
 
 
-def _conversion_report_for(fbz: Path) -> dict | None:
-    """The conversion.json (or conversion_<tag>.json) that names ``fbz`` as its Akida artifact."""
-    for candidate in sorted(fbz.parent.glob("conversion*.json")):
-        report = read_json(candidate)
-        if report.get("artifacts", {}).get("akida") == fbz.name:
-            return report
+def _conversion_report_for(fbz: Path) -> tuple[Path, dict] | None:
+    """(path, report) of the conversion.json (or conversion_<tag>.json) that names ``fbz`` as its Akida artifact."""
+    from qana_keras.safe_load import conversion_reports
+
+    for candidate, report in conversion_reports(fbz.parent):
+        if (report.get("artifacts") or {}).get("akida") == fbz.name:
+            return candidate, report
     return None
 
 
@@ -73,6 +73,9 @@ def model_image_size(model_path: str | Path, model=None) -> int:
     size = load_config(config_path).data.image_size
     if model is not None:
         shape = _input_shape(model)
+        if shape is not None and len(shape) == 3 and shape[2] != 3:
+            raise ValueError(f"{model_path} takes {shape[2]}-channel inputs; qana feeds RGB images (3 channels): "
+                             "evaluate a model made by qana train/convert")
         if shape is not None and tuple(shape[:2]) != (size, size):
             raise ValueError(f"{config_path} says image_size {size}, but {model_path} takes {shape[0]}x{shape[1]} "
                              "inputs; the config does not belong to this model")
@@ -182,6 +185,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     from qana_keras.convert import predict_logits
 
     began = time.perf_counter()
+    check_n_boot(n_boot)
     model_path = Path(model_path)
     model = load_model_any(model_path)
     size = model_image_size(model_path, model)
@@ -214,19 +218,59 @@ def model_inputs(meta, data_config, size: int, fmt: str, cache_dir=None, log=pri
     (``data.crop`` of its config: the saliency crop of the same crop model, or the mask crop) cut the same way."""
     import dataclasses
 
-    from qana_keras.data.cache import load_cached_images
+    from qana_keras.data.cache import CacheError, load_cached_images
 
-    cache_dir = str(cache_dir or data_config.cache_dir)
+    cache_dir = cache_dir_for(cache_dir, data_config)
     name = fmt.replace("-", "_")
-    if data_config.crop == "none":
-        return load_cached_images(meta["path"].tolist(), size, cache_dir, name=name, log=log)
-    from qana_keras.crop import load_cached_crops
-
     if data_config.crop == "mask" and fmt != "ham10000":
         raise ValueError(f"the model was trained on mask crops (data.crop=mask), which need the HAM10000 lesion masks; "
                          f"{fmt} has none: evaluate a whole-image or saliency-crop model instead")
-    return load_cached_crops(meta, dataclasses.replace(data_config, image_size=size, cache_dir=cache_dir), name=name,
-                             log=log)
+    try:
+        if data_config.crop == "none":
+            return load_cached_images(meta["path"].tolist(), size, cache_dir, name=name, log=log)
+        from qana_keras.crop import load_cached_crops
+
+        return load_cached_crops(meta, dataclasses.replace(data_config, image_size=size, cache_dir=cache_dir),
+                                 name=name, log=log)
+    except OSError as error:
+        # Only failures on the cache folder itself are reworded; a missing image keeps its own message.
+        if error.filename and _is_inside(error.filename, cache_dir):
+            raise CacheError(f"--cache-dir {cache_dir}: cannot write the image cache there ({error.strerror}); pass "
+                             "a writable --cache-dir or set QANA_CACHE_DIR") from None
+        raise
+
+
+def cache_dir_for(cache_dir, data_config) -> str:
+    """The image cache: the user's (--cache-dir, then $QANA_CACHE_DIR) before the one the model's config recorded,
+    which may belong to another checkout."""
+    return str(cache_dir or os.environ.get("QANA_CACHE_DIR") or data_config.cache_dir)
+
+
+def _is_inside(path, folder) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+
+
+def check_n_boot(n_boot) -> None:
+    """Bootstrap intervals need at least one resample."""
+    if not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"--n-boot {n_boot}: the number of bootstrap resamples must be a positive integer "
+                         f"(default {N_BOOT})")
+
+
+def check_output_file(path, option: str = "--json") -> None:
+    """Fail before a long evaluation if ``path`` is a folder or its folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is an existing folder; give a file name, e.g. {path / 'metrics.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # atomic_path creates missing folders
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option} {path}: cannot write into {folder} ({error.strerror}); choose a writable "
+                         "folder") from None
 
 
 def evaluation_metrics(meta, logits: np.ndarray, fmt: str = "ham10000", group_by: str | None = None,
@@ -321,6 +365,8 @@ def write_figures(result: dict, stem: str | Path, title: str = "") -> list[Path]
 
 def evaluate_to_json(out_path: str | Path, figures: bool = True, **kwargs) -> dict:
     """Evaluate, write the JSON and (``figures``) the PNGs beside it, named after the JSON."""
+    check_n_boot(kwargs.get("n_boot", N_BOOT))
+    check_output_file(out_path)
     result = evaluate_model(**kwargs)
     write_json(out_path, result)
     if figures:

@@ -584,9 +584,9 @@ def head_run(run_dir: str | Path, config: HeadConfig | None = None, overwrite: b
     if existing and not overwrite:
         raise RunFolderError(f"head artifacts already exist ({', '.join(existing)}); pass --overwrite to replace them")
 
-    import tf_keras as keras
+    from qana_keras.safe_load import load_keras_model
 
-    model = keras.models.load_model(paths["float"], compile=False)
+    model = load_keras_model(paths["float"])
     data = data if data is not None else load_splits(run_config.data, log=log)
     kinds = ["float"] + (["quantized"] if config.embedding == "quantized" else [])
     embeddings = run_embeddings(model, data, variant, kinds, config, log)

@@ -36,6 +36,7 @@ import numpy as np
 
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, sha256_file, write_json
+from qana_keras.safe_load import load_akida_model
 
 NEW_CLASS = "scc"
 PROTOCOLS = ("domain", "new-class", "class-incremental")
@@ -230,8 +231,6 @@ def cached_features(run_dir: Path, fbz: Path, sets: dict[str, tuple[list[str], n
     ``sets`` maps a name to (image ids, images). The cache is reused only for the same .fbz
     (checksum) and the same image ids, so it can never serve features of another model.
     """
-    import akida
-
     cache = run_dir / "learn_features.npz"
     key = sha256_file(fbz)
     stored = {}
@@ -246,7 +245,7 @@ def cached_features(run_dir: Path, fbz: Path, sets: dict[str, tuple[list[str], n
             out[name] = stored[name]
             continue
         if backbone is None:
-            backbone, _, _ = split_readout(akida.Model(str(fbz)))
+            backbone, _, _ = split_readout(load_akida_model(fbz))
         out[name] = backbone_features(backbone, images, batch_size, name, log=log)
         stored[name], stored[f"{name}__ids"] = out[name], np.asarray(ids, dtype=str)
         with atomic_path(cache, suffix=".npz") as tmp:
@@ -432,8 +431,6 @@ def learn_run(run_dir: str | Path, protocols=("domain", "new-class"), pad_root: 
               config: LearnConfig | None = None, overwrite: bool = False, batch_size: int = 100, data=None,
               log=print) -> dict:
     """Run the readout-update protocols on ``run_dir``'s Akida model; write learn_<protocol>.json/.md/.fbz."""
-    import akida
-
     from qana_keras.config import load_config
     from qana_keras.convert import artifact_paths
     from qana_keras.data.dataset import load_splits
@@ -456,7 +453,7 @@ def learn_run(run_dir: str | Path, protocols=("domain", "new-class"), pad_root: 
     existing = [str(f) for o in outputs.values() for f in o.values() if f.exists()]
     if existing and not overwrite:
         raise RunFolderError(f"learn artifacts already exist ({', '.join(existing)}); pass --overwrite to replace them")
-    model = akida.Model(str(fbz))
+    model = load_akida_model(fbz)
     split_readout(model)  # fails early on a model without an Akida readout
     classes = _check_classes(run_dir, int(np.prod(model.output_shape)))
     if "class-incremental" in protocols and classes == list(CLASSES):

@@ -88,10 +88,10 @@ class AkidaHeadCAM:
     method = "head"
 
     def __init__(self, path: str | Path, dense: str = DENSE, check: bool = True):
-        import akida
+        from qana_keras.safe_load import load_akida_model
 
         path = Path(path)
-        full = akida.Model(str(path))
+        full = load_akida_model(path)
         names = [layer.name for layer in full.layers]
         if dense not in names:
             raise ValueError(f"{path}: no layer '{dense}' (last layers: {names[-3:]}); the forward-only map needs "
@@ -105,7 +105,7 @@ class AkidaHeadCAM:
         if np.any(v.get("output_scales", 1) != 1) or np.any(v.get("output_shift", 0) != 0):
             raise ValueError(f"{path}: '{dense}' rescales its output (output_scales/output_shift); the exact "
                              "per-location decomposition is not implemented for that")
-        trunk = akida.Model(str(path))
+        trunk = load_akida_model(path)  # cached check: no second child process
         while trunk.layers[-1].name != names[i - 1]:
             trunk.pop_layer()
         self.trunk, self.full, self.path = trunk, full, path

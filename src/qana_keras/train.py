@@ -34,6 +34,7 @@ from qana_keras.models.pretrained import PREFIX as PRETRAINED_PREFIX
 from qana_keras.models.qana import build_model
 from qana_keras.plots import plot_confusion_matrix, plot_history, plot_per_class
 from qana_keras.provenance import versions
+from qana_keras.safe_load import load_keras_model
 
 
 def float_model_path(run_dir: Path, variant: str) -> Path:
@@ -228,7 +229,7 @@ def load_initial_weights(model, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"train.init_from: {path} not found (give a float .h5 written by `qana train`)")
-    source = keras.models.load_model(path, compile=False)
+    source = load_keras_model(path)
     theirs = {layer.name: layer for layer in source.layers}
     for layer in model.layers:
         if not layer.weights:
@@ -354,7 +355,7 @@ def extra_validation_splits(data: dict) -> list[str]:
 
 def evaluate_run(run_dir: Path, config: Config, data, state: dict, log=print) -> dict:
     """Evaluate the selected float model once on validation and test; write metrics.json and plots."""
-    model = keras.models.load_model(float_model_path(run_dir, config.model.variant), compile=False)
+    model = load_keras_model(float_model_path(run_dir, config.model.variant))
     out = {"variant": config.model.variant, "selected_epoch": state["best_epoch"],
            "selection": "best validation macro-F1", "parameters": int(model.count_params()),
            "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}

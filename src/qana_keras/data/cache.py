@@ -65,6 +65,19 @@ def decode_images(paths: list[str], size: int, workers: int | None = None) -> np
     return out
 
 
+class CacheError(OSError):
+    """A cache file cannot be read, or the cache folder cannot be written."""
+
+
+def read_cache_file(cache_file: Path) -> np.ndarray:
+    """The array in a cache ``.npy``; a truncated or corrupt one is an error naming it (delete it to rebuild)."""
+    try:
+        return np.load(cache_file, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise CacheError(f"{cache_file}: truncated or corrupt cache file ({error}); delete it, it is rebuilt on the "
+                         "next run") from None
+
+
 def load_cached_images(paths: list[str], size: int, cache_dir: str | Path, name: str = "images",
                        log=print) -> np.ndarray:
     """Return ``(N, size, size, 3)`` uint8 images for ``paths``, from the cache when it is valid."""
@@ -72,7 +85,7 @@ def load_cached_images(paths: list[str], size: int, cache_dir: str | Path, name:
     key = cache_key(paths, size)
     cache_file = Path(cache_dir) / f"{name}_{size}px_{key}.npy"
     if cache_file.exists():
-        images = np.load(cache_file, mmap_mode=None)
+        images = read_cache_file(cache_file)
         if images.shape == (len(paths), size, size, 3) and images.dtype == np.uint8:
             log(f"loaded {len(paths)} cached images from {cache_file} in {time.perf_counter() - start:.1f}s")
             return images
