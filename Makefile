@@ -19,7 +19,7 @@ TRAIN_FLAGS := --quick --overwrite
 RUN := runs/qana-quick
 endif
 
-.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida evaluate bench report head head-ablation crop hardware-cost ablations clean
+.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida predict evaluate bench report head head-ablation crop hardware-cost ablations clean
 
 all: train convert deploy-akida ## the main job: train, quantize + convert, run on Akida (RUN)
 
@@ -72,6 +72,12 @@ convert: $(STAMP) ## quantize (8-bit) and convert RUN to Akida
 
 deploy-akida: $(STAMP) ## map RUN on Akida devices and run the test split on Akida
 	$(QANA) deploy --run $(RUN)
+
+IMAGES ?=
+MODEL ?= models/qana/qana.fbz
+predict: $(STAMP) ## classify images: make predict IMAGES=file-or-folder [MODEL=models/qana/qana.fbz]
+	@test -n "$(IMAGES)" || { echo "error: pass IMAGES=an image or a folder, e.g. make predict IMAGES=photos/" >&2; exit 2; }
+	$(QANA) predict $(IMAGES) --model $(MODEL)
 
 evaluate: $(STAMP) ## evaluate RUN's Akida model on the test split
 	$(QANA) evaluate --model $(RUN)/qana.fbz --data $(QANA_DATA_DIR) --split test --json $(RUN)/evaluate_test.json

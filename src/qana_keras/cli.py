@@ -135,6 +135,44 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from qana_keras.predict import (format_table, predict_images, report_skipped, write_csv,
+                                    write_predictions_json)
+
+    result = predict_images(args.images, args.model, batch_size=args.batch_size)
+    if result.rows:
+        print(format_table(result))
+    report_skipped(result)
+    if args.csv:
+        write_csv(args.csv, result)
+    if args.json:
+        write_predictions_json(args.json, result)
+    print(f"{len(result.rows)} image(s) classified with {args.model}, {len(result.skipped)} file(s) skipped",
+          file=sys.stderr)
+    return 1 if result.skipped else 0
+
+
+def version_text() -> str:
+    """`qana --version`: the package, its git commit, the pinned BrainChip stack and TensorFlow."""
+    from qana_keras.provenance import git_commit, versions
+
+    packages = versions()["packages"]
+    stack = ", ".join(f"{name} {packages.get(name) or 'not installed'}"
+                      for name in ("akida", "cnn2snn", "quantizeml", "tensorflow", "tf-keras"))
+    return f"qana-keras {qana_keras.__version__} (git {git_commit() or 'unknown'}); {stack}"
+
+
+class _VersionAction(argparse.Action):
+    """Like argparse's "version" action, but the text (package metadata, git) is computed only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def cmd_ablation_row(args) -> int:
     from qana_keras.report import ReportError, fill_ablation_row, fmt_ci
 
@@ -284,6 +322,8 @@ def add_crop_evaluation_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qana", description=__doc__)
+    parser.add_argument("--version", action=_VersionAction,
+                        help="package version, git commit, pinned akida/cnn2snn/quantizeml and tensorflow; then exit")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     data = verbs.add_parser("data", help="validate, split, cache or download HAM10000").add_subparsers(
@@ -368,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "judge (default 50, see qana_keras.subgroups)")
     p.add_argument("--no-figures", action="store_true", help="write the JSON only")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("predict", help="classify an image or a folder of images with a .fbz (Akida software "
+                                         "backend) or .h5 model; exit code 1 if any file was skipped")
+    p.add_argument("images", metavar="IMAGE_OR_FOLDER", help="an image file, or a folder whose files are classified")
+    p.add_argument("--model", default=str(REPO_ROOT / "models" / "qana" / "qana.fbz"),
+                   help="model file (.fbz or .h5); class names from classes.json beside it, else the 7 HAM10000 "
+                        "classes (default: models/qana/qana.fbz)")
+    p.add_argument("--csv", help="also write the predictions as CSV (file, predicted, probability, top3, p_<class>)")
+    p.add_argument("--json", help="also write the predictions and the skipped files as JSON")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("report", help="reports/ (Markdown + PNG) from the committed models' JSON and fresh "
                                         "evaluations; optionally rewrites the marked block of a README")
