@@ -16,6 +16,8 @@ CONFIG ?= configs/qana.yaml
 CROP_OUT ?= reports/crop/$(notdir $(RUN))
 ifeq ($(QUICK),1)
 TRAIN_FLAGS := --quick --overwrite
+CONVERT_FLAGS := --quick --overwrite
+DEPLOY_FLAGS := --quick
 RUN := runs/qana-quick
 endif
 
@@ -24,7 +26,7 @@ endif
 all: train convert deploy-akida ## the main job: train, quantize + convert, run on Akida (RUN)
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  variables: QANA_DATA_DIR=$(QANA_DATA_DIR) RUN=$(RUN) CONFIG=$(CONFIG) QUICK=1 (smoke profile)"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -68,10 +70,10 @@ resume: $(STAMP) ## continue a killed training run: make resume RUN=runs/qana
 	$(QANA) train --resume $(RUN)
 
 convert: $(STAMP) ## quantize (8-bit) and convert RUN to Akida
-	$(QANA) convert --run $(RUN)
+	$(QANA) convert --run $(RUN) $(CONVERT_FLAGS)
 
 deploy-akida: $(STAMP) ## map RUN on Akida devices and run the test split on Akida
-	$(QANA) deploy --run $(RUN)
+	$(QANA) deploy --run $(RUN) $(DEPLOY_FLAGS)
 
 IMAGES ?=
 MODEL ?= models/qana/qana.fbz
@@ -108,7 +110,7 @@ hardware-cost: $(STAMP) ## params, MACs, NPs, one pass, program size of every ab
 ablations: $(STAMP) ## train+convert+evaluate ABLATIONS into runs/ablations/<name>.json (one: make ablation-<name>)
 	$(VENV)/bin/python scripts/ablations.py $(ABLATIONS) --epochs $(ABLATION_EPOCHS) $(ABLATION_FLAGS)
 
-ablation-%: $(STAMP)
+ablation-%: $(STAMP) ## one ablation of ABLATIONS, e.g. make ablation-qana-32
 	$(VENV)/bin/python scripts/ablations.py $* --epochs $(ABLATION_EPOCHS) $(ABLATION_FLAGS)
 
 # Quick mode (synthetic fixture, tiny model, 1 epoch; what CI runs) starts from an empty runs/nb-quick. FULL=1: the

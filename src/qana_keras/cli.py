@@ -110,7 +110,8 @@ def cmd_convert(args) -> int:
     try:
         convert_run(args.run, bits=args.bits, num_calibration=args.calibration, batch_size=args.batch_size,
                     qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
-                    qat_stop_when_met=args.qat_stop_when_met, spike_rate=args.spike_rate, overwrite=args.overwrite)
+                    qat_stop_when_met=args.qat_stop_when_met, spike_rate=args.spike_rate, overwrite=args.overwrite,
+                    quick=args.quick)
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -120,13 +121,17 @@ def cmd_convert(args) -> int:
 def cmd_deploy(args) -> int:
     from qana_keras.deploy import deploy_run
 
-    deploy_run(args.run, device=args.device, bits=args.bits)
+    deploy_run(args.run, device=args.device, bits=args.bits, quick=args.quick)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from qana_keras.evaluate import evaluate_to_json
 
+    if not args.data:
+        print("error: no data folder: pass --data DIR or set QANA_DATA_DIR (e.g. export "
+              "QANA_DATA_DIR=/path/to/ham10000)", file=sys.stderr)
+        return 2
     evaluate_to_json(args.json, figures=not args.no_figures, model_path=args.model, data=args.data, fmt=args.format,
                      split=args.split, split_file=args.split_file, ground_truth=args.ground_truth,
                      cache_dir=args.cache_dir, group_by=args.group_by, lesion_groups=args.lesion_groups,
@@ -373,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spike-rate", type=float, default=0.1,
                    help="Akida 1.0 variants: fraction of spike-layer positions that fire after BN tuning")
     p.add_argument("--overwrite", action="store_true", help="replace existing conversion artifacts")
+    p.add_argument("--quick", action="store_true", help="smoke profile (make all QUICK=1): <= 600 images per split, "
+                                                        "<= 1 QAT epoch; the figures mean nothing")
     p.set_defaults(func=cmd_convert)
 
     p = verbs.add_parser("deploy", help="run a converted model on a board, or map to virtual devices and simulate; "
@@ -381,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="board (substring of its description) or, without a board, one virtual device "
                                     "(TwoNodesIPv2 ... TwelveNodesIPv2, compute_min_device)")
     p.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    p.add_argument("--quick", action="store_true", help="smoke profile (make all QUICK=1): <= 600 test images; "
+                                                        "the figures mean nothing")
     p.set_defaults(func=cmd_deploy)
 
     from qana_keras.evaluate import FORMATS  # light: no TensorFlow until a model is loaded
@@ -389,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "folder: metrics with lesion-bootstrap intervals, ROC, subgroups")
     p.add_argument("--model", required=True, help=".h5 (float or quantized Keras) or .fbz (Akida); its config.yaml "
                                                   "must be beside it")
-    p.add_argument("--data", required=True, help="HAM10000 root, PAD-UFES-20 root (metadata.csv + images/), or "
-                                                 "ISIC 2018 image folder (or its parent)")
+    p.add_argument("--data", default=os.environ.get("QANA_DATA_DIR"),
+                   help="HAM10000 root, PAD-UFES-20 root (metadata.csv + images/), or ISIC 2018 image folder (or its "
+                        "parent); default $QANA_DATA_DIR")
     p.add_argument("--format", choices=FORMATS, default="ham10000",
                    help="pad-ufes-20: SCC has no HAM class; it is left out of the metrics, reported under 'excluded'")
     p.add_argument("--split", choices=("train", "val", "test"), help="HAM10000 only: one split of the split file")
@@ -544,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # progress lines must reach a log file or `| tee` as they happen, not when a block buffer fills
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that say how they were made
     from qana_keras.data.ham10000 import DatasetError

@@ -282,13 +282,15 @@ def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, log=pr
 
 
 def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, batch_size: int = 100,
-               data_config=None, log=print) -> dict:
-    """Board run or virtual-device mapping, then the fidelity report on the test split (see module docstring)."""
+               data_config=None, quick: bool = False, log=print) -> dict:
+    """Board run or virtual-device mapping, then the fidelity report on the test split (see module docstring).
+
+    ``quick``: the smoke profile (``convert.QUICK_NOTE``): a class-stratified subset of the test split."""
     import akida
     import tf_keras as keras
 
     from qana_keras.config import load_config
-    from qana_keras.convert import HybridModel, load_converted, precision_tag, predict_logits
+    from qana_keras.convert import QUICK_MAX_IMAGES, QUICK_NOTE, HybridModel, load_converted, precision_tag
     from qana_keras.data.dataset import load_splits
 
     run_dir = Path(run_dir)
@@ -305,12 +307,16 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     if data_config is not None:
         config.data = data_config
     fmodel = keras.models.load_model(converted["paths"]["float"], compile=False)
-    test = load_splits(config.data, log=log)["test"]
+    if quick:
+        log(QUICK_NOTE)
+    test = load_splits(config.data, max_images=QUICK_MAX_IMAGES if quick else 0, seed=config.train.seed,
+                       log=log)["test"]
     akida_model = ak.akida_model if isinstance(ak, HybridModel) else ak
     suffix = "" if bits == 8 else f"_{precision_tag(bits)}"
 
-    out = {"variant": converted["variant"], "precision": report["precision"], "r_succ": report["r_succ"],
-           "hybrid": report.get("hybrid"), "akida_version": akida.__version__}
+    quick_fields = {"quick": quick, **({"note": QUICK_NOTE} if quick else {})}
+    out = {**quick_fields, "variant": converted["variant"], "precision": report["precision"],
+           "r_succ": report["r_succ"], "hybrid": report.get("hybrid"), "akida_version": akida.__version__}
     if board is not None:
         a_logits, out["board"] = run_on_board(ak, board, test.images, batch_size, log=log)
         backend = f"Akida board {board.desc}"
@@ -328,16 +334,19 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
                             "images_per_second_cpu": len(test) / seconds,
                             "note": "Akida software backend on this CPU; not chip latency or throughput"}
         backend = "Akida software simulator (CPU)"
-    log("float and quantized Keras on the test split ...")
-    logits = {"float": predict_logits(fmodel, test.images, 256), "quantized": predict_logits(qmodel, test.images, 256),
+    logits = {"float": run_with_progress(fmodel, test.images, "float Keras", 256, 30.0, log=log)[0],
+              "quantized": run_with_progress(qmodel, test.images, "quantized Keras", 256, 30.0, log=log)[0],
               "akida": a_logits}
     fidelity = fidelity_report(test.labels, test.frame["lesion_id"].to_numpy(), logits, report["r_succ"],
                                seed=config.train.seed)
-    fidelity = {"variant": converted["variant"], "precision": report["precision"], "split": "test",
+    fidelity = {**quick_fields, "variant": converted["variant"], "precision": report["precision"], "split": "test",
                 "akida_backend": backend, **fidelity}
     write_json(run_dir / f"fidelity{suffix}.json", fidelity)
     title = f"{converted['variant']} {report['precision']}: float vs quantized vs Akida (test split)"
-    atomic_write_text(run_dir / f"fidelity{suffix}.md", fidelity_markdown(fidelity, title))
+    markdown = fidelity_markdown(fidelity, title)
+    if quick:
+        markdown = markdown.replace("\n\n", f"\n\n**{QUICK_NOTE}**\n\n", 1)  # right under the title
+    atomic_write_text(run_dir / f"fidelity{suffix}.md", markdown)
     out["fidelity"] = {k: fidelity[k] for k in ("argmax_agreement", "max_abs_logit_diff_akida_vs_quantized",
                                                 "akida_vs_float", "checks", "all_targets_met")}
     write_json(run_dir / f"deploy{suffix}.json", out)
@@ -349,4 +358,6 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
         f"{fidelity['argmax_agreement']['akida_vs_float']:.4f}; "
         f"targets {'NOT met: ' + ', '.join(missed) if missed else 'met'}")
     log(f"wrote fidelity{suffix}.json, fidelity{suffix}.md, deploy{suffix}.json in {run_dir}")
+    if quick:
+        log(QUICK_NOTE)
     return out
