@@ -110,7 +110,8 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     if not history:
         return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    # every key of every row: a run resumed across versions has rows without later columns (val_loss)
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(run_dir / "history.csv", buf.getvalue())
