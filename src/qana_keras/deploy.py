@@ -301,6 +301,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     if board is None:
         log("no Akida board found (akida.devices() is empty): mapping to virtual devices, then running the "
             "software simulator on the CPU")
+    log(f"loading the float, quantized and Akida models of {run_dir} ...")  # ~1 min: quantizeml rebuilds the graph
     converted = load_converted(run_dir, bits)
     report, qmodel, ak = converted["report"], converted["quantized"], converted["akida"]
     config = load_config(run_dir / "config.yaml")
