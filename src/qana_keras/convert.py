@@ -680,6 +680,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
                                                     rate=spike_rate)
         log(f"spike layer {spike_tuning['layer']}: firing rate {spike_tuning['rate_before']:.3f} -> "
             f"{spike_tuning['rate_after']:.3f} of positions (BN offsets shifted; target {spike_rate})")
+    log(f"quantizing {variant} to {precision_tag(bits)} (quantizeml rebuilds the graph; a minute or more) ...")
     t0 = time.perf_counter()
     qmodel, cut = quantize_for_akida(to_quantize, train.images[picked], variant, bits, batch_size, calibration_epochs,
                                      hardware_native=native, log=log)
@@ -721,6 +722,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
         boundary = f"{cut}/dequantizer"
         if boundary not in {layer.name for layer in qmodel.layers}:
             raise ConversionError(f"{variant}: quantizing up to '{cut}' did not end in the Dequantizer '{boundary}'")
+    log("converting to Akida (cnn2snn; a minute or more) ...")
     t0 = time.perf_counter()
     akida_model = to_akida(qmodel, strict=native or cut is None, variant=variant, expected_last=boundary, log=log)
     convert_seconds = time.perf_counter() - t0
