@@ -18,15 +18,17 @@ CONFIG ?= configs/qana.yaml
 CROP_OUT ?= reports/crop/$(notdir $(RUN))
 ifeq ($(QUICK),1)
 TRAIN_FLAGS := --quick --overwrite
+CONVERT_FLAGS := --quick --overwrite
+DEPLOY_FLAGS := --quick
 RUN := runs/qana-quick
 endif
 
-.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida hardware-table evaluate bench report head head-ablation crop hardware-cost ablations clean
+.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida hardware-table predict evaluate bench report head head-ablation crop hardware-cost ablations clean
 
 all: train convert deploy-akida ## the main job: train, quantize + convert, run on Akida (RUN)
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  variables: QANA_DATA_DIR=$(QANA_DATA_DIR) RUN=$(RUN) CONFIG=$(CONFIG) QUICK=1 (smoke profile)"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -70,13 +72,19 @@ resume: $(STAMP) ## continue a killed training run: make resume RUN=runs/qana
 	$(QANA) train --resume $(RUN)
 
 convert: $(STAMP) ## quantize (8-bit) and convert RUN to Akida
-	$(QANA) convert --run $(RUN)
+	$(QANA) convert --run $(RUN) $(CONVERT_FLAGS)
 
 deploy-akida: $(STAMP) ## run RUN on an Akida board, else map it (DEVICE=akd1000|six-nodes-v2|...) and simulate
-	$(QANA) deploy --run $(RUN) $(if $(DEVICE),--device $(DEVICE))
+	$(QANA) deploy --run $(RUN) $(if $(DEVICE),--device $(DEVICE)) $(DEPLOY_FLAGS)
 
 hardware-table: $(STAMP) ## every published .fbz x every standard Akida device -> reports/hardware/, README block
 	$(QANA) hardware-table --readme README.md
+
+IMAGES ?=
+MODEL ?= models/qana/qana.fbz
+predict: $(STAMP) ## classify images: make predict IMAGES=file-or-folder [MODEL=models/qana/qana.fbz]
+	@test -n "$(IMAGES)" || { echo "error: pass IMAGES=an image or a folder, e.g. make predict IMAGES=photos/" >&2; exit 2; }
+	$(QANA) predict $(IMAGES) --model $(MODEL)
 
 evaluate: $(STAMP) ## evaluate RUN's Akida model on the test split
 	$(QANA) evaluate --model $(RUN)/qana.fbz --data $(QANA_DATA_DIR) --split test --json $(RUN)/evaluate_test.json
@@ -107,7 +115,7 @@ hardware-cost: $(STAMP) ## params, MACs, NPs, one pass, program size of every ab
 ablations: $(STAMP) ## train+convert+evaluate ABLATIONS into runs/ablations/<name>.json (one: make ablation-<name>)
 	$(VENV)/bin/python scripts/ablations.py $(ABLATIONS) --epochs $(ABLATION_EPOCHS) $(ABLATION_FLAGS)
 
-ablation-%: $(STAMP)
+ablation-%: $(STAMP) ## one ablation of ABLATIONS, e.g. make ablation-qana-32
 	$(VENV)/bin/python scripts/ablations.py $* --epochs $(ABLATION_EPOCHS) $(ABLATION_FLAGS)
 
 # Quick mode (synthetic fixture, tiny model, 1 epoch; what CI runs) starts from an empty runs/nb-quick. FULL=1: the

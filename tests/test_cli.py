@@ -46,3 +46,21 @@ def test_console_script_lists_verbs():
     assert result.returncode == 0
     for verb in ("data", "train"):
         assert verb in result.stdout
+
+
+def test_make_help_lists_every_documented_target():
+    out = subprocess.run(["make", "-s", "help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    listed = {line.split()[1] for line in out.splitlines() if line.startswith("  make ")}
+    # targets whose names have digits (train-akd1000), and those declared after the first .PHONY line (notebooks)
+    assert {"train-akd1000", "convert-akd1000", "notebooks", "predict", "all", "evaluate"} <= listed
+
+
+def test_evaluate_data_defaults_to_qana_data_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("QANA_DATA_DIR", raising=False)
+    code = main(["evaluate", "--model", str(tmp_path / "m.fbz"), "--json", str(tmp_path / "e.json")])
+    assert code == 2 and "QANA_DATA_DIR" in capsys.readouterr().err
+    from qana_keras.cli import build_parser
+
+    monkeypatch.setenv("QANA_DATA_DIR", str(tmp_path / "ham"))
+    args = build_parser().parse_args(["evaluate", "--model", "m.fbz", "--json", "e.json"])
+    assert args.data == str(tmp_path / "ham")

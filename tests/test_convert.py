@@ -218,3 +218,16 @@ def test_convert_run_of_qana_paper_is_a_hybrid(tmp_path):
     h, q = loaded["akida"].predict(x), predict_logits(loaded["quantized"], x)
     np.testing.assert_array_equal(h.argmax(1), q.argmax(1))
     assert np.max(np.abs(h - q)) < 1e-3
+
+
+def test_fit_progress_reports_images_done_within_an_epoch():
+    import tf_keras as keras
+
+    from qana_keras.convert import FitProgress
+
+    model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    lines = []
+    progress = FitProgress("QAT epoch 1/1", 40, 8, every_seconds=0.0, log=lines.append)
+    model.fit(np.zeros((40, 4)), np.zeros((40, 2)), batch_size=8, epochs=1, verbose=0, callbacks=[progress])
+    assert lines[0].startswith("QAT epoch 1/1: 8/40 images") and lines[-1].startswith("QAT epoch 1/1: 40/40 images")

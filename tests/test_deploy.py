@@ -188,3 +188,21 @@ def test_bench_writes_cpu_figures(converted_run):
     for row in bench["rows"]:
         assert row["images_per_second"] > 0
         assert row["ms_per_image"] == pytest.approx(1000 / row["images_per_second"])
+
+
+def test_quick_profile_says_its_figures_mean_nothing(converted_run, tmp_path):
+    import shutil
+
+    from qana_keras.convert import QUICK_NOTE, convert_run
+
+    run = tmp_path / "run"
+    shutil.copytree(converted_run[0], run)  # the shared run stays as the other tests expect it
+    lines = []
+    report = convert_run(run, num_calibration=32, batch_size=16, qat_epochs=3, qat_threshold=-1.0, quick=True,
+                         overwrite=True, log=lines.append)
+    assert report["quick"] and report["note"] == QUICK_NOTE and "mean nothing" in QUICK_NOTE
+    assert report["qat"]["epochs"] <= 1  # capped by the smoke profile
+    assert lines[0] == QUICK_NOTE and lines[-1] == QUICK_NOTE
+    out = deploy_run(run, device="TwoNodesIPv2", batch_size=4, quick=True, log=lines.append)
+    assert out["quick"] and read_json(run / "fidelity.json")["note"] == QUICK_NOTE
+    assert QUICK_NOTE in (run / "fidelity.md").read_text() and lines[-1] == QUICK_NOTE

@@ -139,3 +139,15 @@ def test_fine_tuning_starts_from_the_given_weights(trained, tmp_path):
         load_initial_weights(build_model(wider, input_size=16), source)
     with pytest.raises(FileNotFoundError, match="init_from"):
         load_initial_weights(model, tmp_path / "missing.h5")
+
+
+def test_history_has_val_loss_and_metrics_have_recall_intervals(trained):
+    tmp, config, metrics = trained
+    with open(tmp / "run" / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["val_loss"]) > 0 for r in rows)
+    for split in ("val", "test"):
+        for c, row in metrics[split]["per_class"].items():
+            ci = row["recall_95"]
+            if row["support"]:
+                assert ci["low"] <= row["recall"] <= ci["high"], (split, c)

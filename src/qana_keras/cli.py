@@ -125,7 +125,8 @@ def cmd_convert(args) -> int:
     try:
         convert_run(args.run, bits=args.bits, num_calibration=args.calibration, batch_size=args.batch_size,
                     qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
-                    qat_stop_when_met=args.qat_stop_when_met, spike_rate=args.spike_rate, overwrite=args.overwrite)
+                    qat_stop_when_met=args.qat_stop_when_met, spike_rate=args.spike_rate, overwrite=args.overwrite,
+                    quick=args.quick)
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -135,7 +136,7 @@ def cmd_convert(args) -> int:
 def cmd_deploy(args) -> int:
     from qana_keras.deploy import deploy_run
 
-    deploy_run(args.run, device=args.device, bits=args.bits)
+    deploy_run(args.run, device=args.device, bits=args.bits, quick=args.quick)
     return 0
 
 
@@ -154,12 +155,54 @@ def cmd_evaluate(args) -> int:
               "metadata (drop --ground-truth, or pass --format isic2018)", file=sys.stderr)
         return 2
 
+    if not args.data:
+        print("error: no data folder: pass --data DIR or set QANA_DATA_DIR (e.g. export "
+              "QANA_DATA_DIR=/path/to/ham10000)", file=sys.stderr)
+        return 2
     evaluate_to_json(args.json, figures=not args.no_figures, model_path=args.model, data=args.data, fmt=args.format,
                      split=args.split, split_file=args.split_file, ground_truth=args.ground_truth,
                      cache_dir=args.cache_dir, group_by=args.group_by, lesion_groups=args.lesion_groups,
                      n_boot=args.n_boot, min_units=args.min_units)
     print(f"wrote {args.json}" + ("" if args.no_figures else " and its PNGs"))
     return 0
+
+
+def cmd_predict(args) -> int:
+    from qana_keras.predict import (format_table, predict_images, report_skipped, write_csv,
+                                    write_predictions_json)
+
+    result = predict_images(args.images, args.model, batch_size=args.batch_size)
+    if result.rows:
+        print(format_table(result))
+    report_skipped(result)
+    if args.csv:
+        write_csv(args.csv, result)
+    if args.json:
+        write_predictions_json(args.json, result)
+    print(f"{len(result.rows)} image(s) classified with {args.model}, {len(result.skipped)} file(s) skipped",
+          file=sys.stderr)
+    return 1 if result.skipped else 0
+
+
+def version_text() -> str:
+    """`qana --version`: the package, its git commit, the pinned BrainChip stack and TensorFlow."""
+    from qana_keras.provenance import git_commit, versions
+
+    packages = versions()["packages"]
+    stack = ", ".join(f"{name} {packages.get(name) or 'not installed'}"
+                      for name in ("akida", "cnn2snn", "quantizeml", "tensorflow", "tf-keras"))
+    return f"qana-keras {qana_keras.__version__} (git {git_commit() or 'unknown'}); {stack}"
+
+
+class _VersionAction(argparse.Action):
+    """Like argparse's "version" action, but the text (package metadata, git) is computed only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 def cmd_ablation_row(args) -> int:
@@ -312,6 +355,8 @@ def add_crop_evaluation_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qana", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="package version, git commit, pinned akida/cnn2snn/quantizeml and tensorflow; then exit")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     data = verbs.add_parser("data", help="validate, split, cache or download HAM10000").add_subparsers(
@@ -361,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spike-rate", type=float, default=0.1,
                    help="Akida 1.0 variants: fraction of spike-layer positions that fire after BN tuning")
     p.add_argument("--overwrite", action="store_true", help="replace existing conversion artifacts")
+    p.add_argument("--quick", action="store_true", help="smoke profile (make all QUICK=1): <= 600 images per split, "
+                                                        "<= 1 QAT epoch; the figures mean nothing")
     p.set_defaults(func=cmd_convert)
 
     p = verbs.add_parser("deploy", help="run a converted model on a board, or map to virtual devices and simulate; "
@@ -371,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "a board if akida.devices() finds one, else the smallest standard device that "
                                     "runs the model in one hardware pass")
     p.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    p.add_argument("--quick", action="store_true", help="smoke profile (make all QUICK=1): <= 600 test images; "
+                                                        "the figures mean nothing")
     p.set_defaults(func=cmd_deploy)
 
     p = verbs.add_parser("hardware-table", help="every published .fbz x every standard Akida device (passes, NPs, "
@@ -386,8 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "folder: metrics with lesion-bootstrap intervals, ROC, subgroups")
     p.add_argument("--model", required=True, help=".h5 (float or quantized Keras) or .fbz (Akida); its config.yaml "
                                                   "must be beside it")
-    p.add_argument("--data", required=True, help="HAM10000 root, PAD-UFES-20 root (metadata.csv + images/), or "
-                                                 "ISIC 2018 image folder (or its parent)")
+    p.add_argument("--data", default=os.environ.get("QANA_DATA_DIR"),
+                   help="HAM10000 root, PAD-UFES-20 root (metadata.csv + images/), or ISIC 2018 image folder (or its "
+                        "parent); default $QANA_DATA_DIR")
     p.add_argument("--format", choices=FORMATS, default="ham10000",
                    help="pad-ufes-20: SCC has no HAM class; it is left out of the metrics, reported under 'excluded'")
     p.add_argument("--split", choices=("train", "val", "test"), help="HAM10000 only: one split of the split file")
@@ -405,6 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "judge (default 50, see qana_keras.subgroups)")
     p.add_argument("--no-figures", action="store_true", help="write the JSON only")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("predict", help="classify an image or a folder of images with a .fbz (Akida software "
+                                         "backend) or .h5 model; exit code 1 if any file was skipped")
+    p.add_argument("images", metavar="IMAGE_OR_FOLDER", help="an image file, or a folder whose files are classified")
+    p.add_argument("--model", default=str(REPO_ROOT / "models" / "qana" / "qana.fbz"),
+                   help="model file (.fbz or .h5); class names from classes.json beside it, else the 7 HAM10000 "
+                        "classes (default: models/qana/qana.fbz)")
+    p.add_argument("--csv", help="also write the predictions as CSV (file, predicted, probability, top3, p_<class>)")
+    p.add_argument("--json", help="also write the predictions and the skipped files as JSON")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("report", help="reports/ (Markdown + PNG) from the committed models' JSON and fresh "
                                         "evaluations; optionally rewrites the marked block of a README")
@@ -538,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     traceback (``qana --debug <verb>`` shows it). Anything else (KeyError, TypeError, ...) is a bug and keeps
     its traceback.
     """
+    # progress lines must reach a log file or `| tee` as they happen, not when a block buffer fills
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that say how they were made
     from qana_keras.data.ham10000 import DatasetError

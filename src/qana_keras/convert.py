@@ -54,6 +54,14 @@ AKIDA_V1_SPIKE_LAYERS = {"qana-akd1000": "spike/relu"}
 TARGETS = {"top1_drop": 0.005, "macro_f1_drop": 0.01, "argmax_agreement": 0.99, "class_recall_drop": 0.02}
 MAX_PTQ_TOP1_DROP = TARGETS["top1_drop"]
 
+# The smoke profile (`make all QUICK=1`, `qana convert/deploy --quick`): the pipeline runs end to end in minutes on
+# class-stratified subsets of each split, so its numbers test the plumbing, not the model.
+QUICK_MAX_IMAGES = 600
+QUICK_QAT_EPOCHS = 1
+QUICK_NOTE = ("SMOKE PROFILE (--quick): a few-minute run on small subsets of each split (at most "
+              f"{QUICK_MAX_IMAGES} images) with at most {QUICK_QAT_EPOCHS} QAT epoch; its figures mean nothing about "
+              "the model. Run without QUICK=1 / --quick for real numbers.")
+
 
 class ConversionError(RuntimeError):
     """A model declared hardware-native would lose layers (left float or dropped) on the way to Akida."""
@@ -512,6 +520,25 @@ def target_gap(scores: dict, reference: dict) -> float:
                max(recall_drops, default=0.0) / TARGETS["class_recall_drop"])
 
 
+class FitProgress(keras.callbacks.Callback):
+    """A progress line every ``every_seconds`` inside one ``fit`` epoch (a QAT epoch on all images takes minutes)."""
+
+    def __init__(self, label: str, n_images: int, batch_size: int, every_seconds: float = 30.0, log=print):
+        super().__init__()
+        self.label, self.n_images, self.batch_size = label, n_images, batch_size
+        self.every_seconds, self.log = every_seconds, log
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.began = self.last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self.last >= self.every_seconds:
+            done = min((batch + 1) * self.batch_size, self.n_images)
+            self.log(f"{self.label}: {done}/{self.n_images} images, {now - self.began:.0f}s")
+            self.last = now
+
+
 def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher_logits: np.ndarray, val,
                                 reference: dict, start: dict, epochs: int, learning_rate: float,
                                 batch_size: int = 64, seed: int = 0, stop_when_met: bool = False, log=print) -> dict:
@@ -541,7 +568,8 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
     for epoch in range(epochs):
         began = time.perf_counter()
         order = rng.permutation(len(images))
-        fit = qmodel.fit(images[order], soft_targets[order], batch_size=batch_size, epochs=1, verbose=0)
+        fit = qmodel.fit(images[order], soft_targets[order], batch_size=batch_size, epochs=1, verbose=0,
+                         callbacks=[FitProgress(f"QAT epoch {epoch + 1}/{epochs}", len(images), batch_size, log=log)])
         scores = _val_scores(qmodel, val.images, val.labels, reference["logits"], classes=list(reference["recall"]))
         gap = target_gap(scores, reference)
         row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]), "val_top1": scores["top1"],
@@ -594,7 +622,8 @@ def _refuse_overwrite(paths: dict[str, Path], overwrite: bool) -> None:
 def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024, batch_size: int = 32,
                 calibration_epochs: int = 1, qat_epochs: int = 3, qat_learning_rate: float = 1e-5,
                 qat_threshold: float = MAX_PTQ_TOP1_DROP, qat_stop_when_met: bool = False, seed: int = 0,
-                overwrite: bool = False, data_config=None, spike_rate: float = 0.1, log=print) -> dict:
+                overwrite: bool = False, data_config=None, spike_rate: float = 0.1, quick: bool = False,
+                log=print) -> dict:
     """Quantize, (fine-tune,) convert and check the float model of ``run_dir``; returns conversion.json.
 
     Calibration uses ``num_calibration`` training images picked at random with ``seed``, in batches
@@ -607,7 +636,8 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     all ``qat_epochs`` with the best on validation kept, or until validation meets every target with
     ``qat_stop_when_met`` (faster; on the reference run that first epoch had less margin on test). ``data_config``
     overrides the run's data settings (tests). Akida 1.0 variants (``AKIDA_V1_SPIKE_LAYERS``, bits=4) first get
-    their spike layer tuned to fire on ``spike_rate`` of its positions (``edge.tune_spike_rate``).
+    their spike layer tuned to fire on ``spike_rate`` of its positions (``edge.tune_spike_rate``). ``quick``: the
+    smoke profile (``QUICK_NOTE``): subsets of ``QUICK_MAX_IMAGES`` per split, at most ``QUICK_QAT_EPOCHS``.
     """
     if variant_needs_4_bits(run_dir, bits):
         raise ValueError(f"{run_dir} holds an Akida 1.0 variant, which runs 4-bit models: pass --bits 4")
@@ -630,8 +660,11 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     _refuse_overwrite(paths, overwrite)
     native = variant in HARDWARE_NATIVE
 
+    if quick:
+        log(QUICK_NOTE)
+        qat_epochs = min(qat_epochs, QUICK_QAT_EPOCHS)
     model = load_quantized(paths["float"])
-    data = load_splits(config.data, log=log)
+    data = load_splits(config.data, max_images=QUICK_MAX_IMAGES if quick else 0, seed=seed, log=log)
     train, val = data["train"], data["val"]
     classes = run_classes(config.data)
     float_val = _val_scores(model, val.images, val.labels, classes=classes)
@@ -649,6 +682,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
                                                     rate=spike_rate)
         log(f"spike layer {spike_tuning['layer']}: firing rate {spike_tuning['rate_before']:.3f} -> "
             f"{spike_tuning['rate_after']:.3f} of positions (BN offsets shifted; target {spike_rate})")
+    log(f"quantizing {variant} to {precision_tag(bits)} (quantizeml rebuilds the graph; a minute or more) ...")
     t0 = time.perf_counter()
     qmodel, cut = quantize_for_akida(to_quantize, train.images[picked], variant, bits, batch_size, calibration_epochs,
                                      hardware_native=native, log=log)
@@ -673,6 +707,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
             log(f"{why}: quantization-aware fine-tuning (distillation from the float model) for up to {qat_epochs} "
                 f"epochs at learning rate {qat_learning_rate:g}")
             t0 = time.perf_counter()
+            log(f"float model logits on {len(train)} training images (distillation targets) ...")
             teacher = predict_logits(model, train.images, batch_size=256)
             result = quantization_aware_finetune(qmodel, train.images, teacher, val, float_val, ptq_val, qat_epochs,
                                                  qat_learning_rate, batch_size=config.train.batch_size, seed=seed,
@@ -689,6 +724,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
         boundary = f"{cut}/dequantizer"
         if boundary not in {layer.name for layer in qmodel.layers}:
             raise ConversionError(f"{variant}: quantizing up to '{cut}' did not end in the Dequantizer '{boundary}'")
+    log("converting to Akida (cnn2snn; a minute or more) ...")
     t0 = time.perf_counter()
     akida_model = to_akida(qmodel, strict=native or cut is None, variant=variant, expected_last=boundary, log=log)
     convert_seconds = time.perf_counter() - t0
@@ -707,6 +743,8 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     with atomic_path(paths["akida"]) as tmp:
         akida_model.save(str(tmp))
     report = {
+        "quick": quick,
+        **({"note": QUICK_NOTE} if quick else {}),
         "variant": variant,
         "precision": precision_tag(bits),
         "hardware_native": native,
@@ -744,4 +782,6 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     write_json(paths["report"], report)
     log(f"wrote {paths['quantized'].name}, {paths['akida'].name}, {paths['report'].name} in {run_dir} "
         f"({report['seconds']['total']:.0f}s)")
+    if quick:
+        log(QUICK_NOTE)
     return report

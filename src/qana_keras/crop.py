@@ -635,6 +635,16 @@ def pick_per_class(meta, per_class: int, seed: int = 0):
     return meta.loc[[i for p in parts for i in p.index]].reset_index(drop=True) if parts else meta.iloc[:0]
 
 
+def _box_legend(fig, threshold: float) -> None:
+    """One legend above the figure naming the three box colours of ``write_overlays``."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="lime", lw=1.8, label="lesion mask bounding box (ground truth)"),
+               Line2D([], [], color="yellow", lw=1.8, label="saliency crop box (salient box + margin)"),
+               Line2D([], [], color="red", lw=1.8, ls="--", label=f"salient region (map >= {threshold} of its range)")]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=9, frameon=False)
+
+
 def write_overlays(out_dir, meta, saliency, params: CropParams, mask_dir, size: int = 64, classifier=None,
                    per_class: int = 3, seed: int = 0, log=print) -> list[Path]:
     """One PNG per class: each row an image with its crop boxes, the heat map with the salient box, and the crop.
@@ -677,7 +687,8 @@ def write_overlays(out_dir, meta, saliency, params: CropParams, mask_dir, size: 
             ax.set_title(f"{chosen.at[i, 'image_id']}  true {dx}  IoU {iou:.2f}", fontsize=9)
             ax = axes[r, 1]
             ax.imshow(image)
-            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            heat_image = ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            fig.colorbar(heat_image, ax=ax, fraction=0.046, pad=0.02, label="saliency (min-max scaled)")
             box(ax, views["salient_box"][i], "red", "--")
             pred = CLASSES[int(views["saliency_logits"][i].argmax())]
             ax.set_title(f"{saliency.method} map of '{pred}' (threshold {params.threshold})", fontsize=9)
@@ -693,10 +704,11 @@ def write_overlays(out_dir, meta, saliency, params: CropParams, mask_dir, size: 
                 ax.set_xticks([])
                 ax.set_yticks([])
         fig.tight_layout()
+        _box_legend(fig, params.threshold)
         path = out_dir / f"crop_overlays_{dx}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
+            fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")  # "tight" keeps the legend above
         plt.close(fig)
         written.append(path)
     log(f"wrote {len(written)} overlay PNGs into {out_dir}")

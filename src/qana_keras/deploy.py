@@ -241,17 +241,18 @@ def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, repeat
 
 
 def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, batch_size: int = 100,
-               data_config=None, repeats: int = 5, log=print) -> dict:
+               data_config=None, repeats: int = 5, quick: bool = False, log=print) -> dict:
     """Board run, or the mapping on the chosen virtual device (default: the smallest standard device that runs
     the model in one pass) and the simulator; then the fidelity report on the test split (see module docstring).
 
     Raises ``devices.DeviceError`` (one line) for a wrong device name, a model of the other IP version, or a
-    model that does not fit the device.
+    model that does not fit the device. ``quick``: the smoke profile (``convert.QUICK_NOTE``): a class-stratified
+    subset of the test split.
     """
     import akida
 
     from qana_keras.config import load_config
-    from qana_keras.convert import HybridModel, load_converted, precision_tag, predict_logits
+    from qana_keras.convert import QUICK_MAX_IMAGES, QUICK_NOTE, HybridModel, load_converted, precision_tag
     from qana_keras.data.dataset import load_splits, run_classes
     from qana_keras.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
                                     min_device_report, not_measured, parse_device)
@@ -260,6 +261,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     run_dir = Path(run_dir)
     choice = parse_device(device)  # a wrong name fails here, before any work
     board = find_board(choice)
+    log(f"loading the float, quantized and Akida models of {run_dir} ...")  # ~1 min: quantizeml rebuilds the graph
     converted = load_converted(run_dir, bits)
     report, qmodel, ak = converted["report"], converted["quantized"], converted["akida"]
     akida_model = ak.akida_model if isinstance(ak, HybridModel) else ak
@@ -293,7 +295,12 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
         config.data = data_config
     classes = run_classes(config.data)
     fmodel = load_keras_model(converted["paths"]["float"])
-    test = load_splits(config.data, log=log)["test"]
+    if quick:
+        log(QUICK_NOTE)
+    test = load_splits(config.data, max_images=QUICK_MAX_IMAGES if quick else 0, seed=config.train.seed,
+                       log=log)["test"]
+    quick_fields = {"quick": quick, **({"note": QUICK_NOTE} if quick else {})}
+    out = {**quick_fields, **out}
     if board is not None:
         a_logits, figures = run_on_board(ak, board, test.images, batch_size, repeats, log=log)
         out["board"] = out["chip_measurements"] = figures
@@ -308,16 +315,19 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
                             "images_per_second_cpu": len(test) / seconds,
                             "note": "Akida software backend on this CPU; not chip latency or throughput"}
         backend = "Akida software simulator (CPU)"
-    log("float and quantized Keras on the test split ...")
-    logits = {"float": predict_logits(fmodel, test.images, 256), "quantized": predict_logits(qmodel, test.images, 256),
+    logits = {"float": run_with_progress(fmodel, test.images, "float Keras", 256, 30.0, log=log)[0],
+              "quantized": run_with_progress(qmodel, test.images, "quantized Keras", 256, 30.0, log=log)[0],
               "akida": a_logits}
     fidelity = fidelity_report(test.labels, test.frame["lesion_id"].to_numpy(), logits, report["r_succ"],
                                seed=config.train.seed, classes=classes)
-    fidelity = {"variant": converted["variant"], "precision": report["precision"], "split": "test",
+    fidelity = {**quick_fields, "variant": converted["variant"], "precision": report["precision"], "split": "test",
                 "akida_backend": backend, **fidelity}
     write_json(run_dir / f"fidelity{suffix}.json", fidelity)
     title = f"{converted['variant']} {report['precision']}: float vs quantized vs Akida (test split)"
-    atomic_write_text(run_dir / f"fidelity{suffix}.md", fidelity_markdown(fidelity, title))
+    markdown = fidelity_markdown(fidelity, title)
+    if quick:
+        markdown = markdown.replace("\n\n", f"\n\n**{QUICK_NOTE}**\n\n", 1)  # right under the title
+    atomic_write_text(run_dir / f"fidelity{suffix}.md", markdown)
     out["fidelity"] = {k: fidelity[k] for k in ("argmax_agreement", "max_abs_logit_diff_akida_vs_quantized",
                                                 "akida_vs_float", "checks", "all_targets_met")}
     write_json(run_dir / f"deploy{suffix}.json", out)
@@ -329,4 +339,6 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
         f"{fidelity['argmax_agreement']['akida_vs_float']:.4f}; "
         f"targets {'NOT met: ' + ', '.join(missed) if missed else 'met'}")
     log(f"wrote fidelity{suffix}.json, fidelity{suffix}.md, deploy{suffix}.json in {run_dir}")
+    if quick:
+        log(QUICK_NOTE)
     return out

@@ -182,7 +182,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     """Metrics of ``model_path`` on the data: top-1, balanced accuracy, macro-F1 (95% group-bootstrap
     intervals), per class (recall and AUC with intervals), ROC curves, confusion matrix, subgroups."""
     from qana_keras.config import load_config
-    from qana_keras.convert import predict_logits
+    from qana_keras.deploy import run_with_progress
 
     began = time.perf_counter()
     check_n_boot(n_boot)
@@ -196,9 +196,11 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     if meta.empty:
         raise ValueError(f"{data}: no images to evaluate" + (f" in split {split!r}" if split else ""))
     images = model_inputs(meta, config.data, size, fmt, cache_dir, log)
-    logits = predict_logits(model, images, batch_size)
+    log(f"evaluating {model_path.name} on {len(images)} images ...")
+    logits = run_with_progress(model, images, f"evaluating {len(images)} images", batch_size, 30.0, log=log)[0]
     if logits.shape[1] != len(CLASSES):
         raise ValueError(f"{model_path} outputs {logits.shape[1]} values per image, not the {len(CLASSES)} classes")
+    log(f"metrics with {n_boot} bootstrap resamples (intervals, ROC, subgroups) ...")
     metrics = evaluation_metrics(meta, logits, fmt, group_by=group_by, n_boot=n_boot, seed=seed,
                                  min_units=min_units)
     out = {"model": str(model_path), "model_type": type(model).__name__, "data": str(data), "format": fmt,

@@ -39,32 +39,64 @@ def plot_confusion_matrix(metrics: dict, path: str | Path, title: str = "") -> N
 
 
 def plot_per_class(metrics: dict, path: str | Path, title: str = "") -> None:
-    """Precision, recall and F1 of each class, with the class support in the labels."""
+    """``per_class_figure`` as a PNG."""
+    _save(per_class_figure(metrics, title), path)
+
+
+def per_class_figure(metrics: dict, title: str = ""):
+    """Precision, recall and F1 of each class, with the class support in the labels; recall bars carry their
+    95 % lesion-bootstrap interval (``per_class[c]["recall_95"]``) when the metrics have it."""
     classes = metrics["classes"]
     per = metrics["per_class"]
     x = np.arange(len(classes))
+    has_ci = all(per[c].get("recall_95", {}).get("low") is not None for c in classes)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for k, key in enumerate(("precision", "recall", "f1")):
-        ax.bar(x + (k - 1) * 0.27, [per[c][key] for c in classes], width=0.27, label=key)
+        values = [per[c][key] for c in classes]
+        errors = None
+        if key == "recall" and has_ci:
+            # matplotlib wants distances below and above the bar, not the interval ends
+            errors = [[max(v - per[c]["recall_95"]["low"], 0) for v, c in zip(values, classes)],
+                      [max(per[c]["recall_95"]["high"] - v, 0) for v, c in zip(values, classes)]]
+        ax.bar(x + (k - 1) * 0.27, values, width=0.27, label=key + (" (95 % interval)" if errors else ""),
+               yerr=errors, capsize=2, error_kw={"lw": 0.8})
     ax.set_xticks(x, [f"{c}\n(n={per[c]['support']})" for c in classes])
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (0-1)")
     ax.legend(ncol=3, fontsize=8)
     ax.set_title(title)
-    _save(fig, path)
+    return fig
 
 
-def plot_history(history: list[dict], path: str | Path) -> None:
-    """Training loss and validation macro-F1 / top-1 per epoch."""
+def selected_epoch_of(history: list[dict]) -> int:
+    """The epoch training keeps: the first with the best validation macro-F1 (as ``train.train`` selects)."""
+    return int(max(history, key=lambda h: h["val_macro_f1"])["epoch"])
+
+
+def plot_history(history: list[dict], path: str | Path, selected_epoch: int | None = None) -> None:
+    """``history_figure`` as a PNG."""
+    _save(history_figure(history, selected_epoch), path)
+
+
+def history_figure(history: list[dict], selected_epoch: int | None = None):
+    """Training (and, when recorded, validation) loss and validation macro-F1 / top-1 per epoch, with the
+    selected epoch marked (default: the best validation macro-F1)."""
     epochs = [h["epoch"] for h in history]
+    selected = selected_epoch if selected_epoch is not None else selected_epoch_of(history)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     a.plot(epochs, [h["loss"] for h in history], label="train loss")
+    if all(h.get("val_loss") not in (None, "") for h in history):  # histories before val_loss was recorded
+        a.plot(epochs, [h["val_loss"] for h in history], label="val loss")
     a.set_xlabel("epoch")
-    a.legend()
+    a.set_ylabel("cross-entropy")
     b.plot(epochs, [h["val_macro_f1"] for h in history], label="val macro-F1")
     b.plot(epochs, [h["val_top1"] for h in history], label="val top-1")
     b.set_xlabel("epoch")
-    b.legend()
-    _save(fig, path)
+    b.set_ylabel("validation score")
+    for ax in (a, b):
+        ax.axvline(selected, color="grey", ls="--", lw=0.8, label=f"selected epoch {selected}")
+        ax.legend(fontsize=8)
+    return fig
 
 
 def plot_roc_curves(metrics: dict, path: str | Path, title: str = "") -> None:

@@ -29,7 +29,7 @@ from qana_keras.data.dataset import load_splits, run_classes
 from qana_keras.data.pipeline import class_weights, make_dataset
 from qana_keras.distill import mixed_targets, read_soft_targets
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
-from qana_keras.metrics import bootstrap_intervals, classification_metrics, macro_f1
+from qana_keras.metrics import bootstrap_intervals, classification_metrics, confusion_bootstrap, macro_f1
 from qana_keras.models.pretrained import PREFIX as PRETRAINED_PREFIX
 from qana_keras.models.qana import build_model
 from qana_keras.plots import plot_confusion_matrix, plot_history, plot_per_class
@@ -218,7 +218,8 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     if not history:
         return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    # every key of every row: a run resumed across versions has rows without later columns (val_loss)
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(run_dir / "history.csv", buf.getvalue())
@@ -320,6 +321,8 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         val_logits = predict_logits(model, val_data.images)
         val_pred = val_logits.argmax(1)
         row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
+               # the training loss (label smoothing included) on hard labels, without class weights
+               "val_loss": float(model.loss(keras.utils.to_categorical(val_data.labels, len(classes)), val_logits)),
                "val_top1": float(np.mean(val_pred == val_data.labels)),
                "val_macro_f1": macro_f1(val_data.labels, val_pred, len(classes)),
                "learning_rate": float(optimizer.learning_rate),
@@ -344,7 +347,7 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         log(f"stopped after epoch {state['epochs_done']} of {t.epochs}; continue with `qana train --resume {run_dir}`")
         return None
     metrics = evaluate_run(run_dir, config, data, state, log=log)
-    plot_history(state["history"], run_dir / "training_curves.png")
+    plot_history(state["history"], run_dir / "training_curves.png", selected_epoch=state["best_epoch"])
     return metrics
 
 
@@ -366,6 +369,7 @@ def evaluate_run(run_dir: Path, config: Config, data, state: dict, log=print) ->
         metrics["bootstrap_95"] = bootstrap_intervals(split_data.labels, logits.argmax(1),
                                                       split_data.frame["lesion_id"].to_numpy(), n_boot=1000,
                                                       seed=config.train.seed, num_classes=logits.shape[1])
+        _add_recall_intervals(metrics, split_data, logits, run_classes(config.data), config.train.seed)
         out[split] = metrics
         plot_confusion_matrix(metrics, run_dir / f"confusion_{split}.png", title=f"{config.model.variant} {split}")
         plot_per_class(metrics, run_dir / f"per_class_{split}.png", title=f"{config.model.variant} {split}")
@@ -373,3 +377,11 @@ def evaluate_run(run_dir: Path, config: Config, data, state: dict, log=print) ->
             f"macro-F1 {metrics['macro_f1']:.4f}  macro AUC {metrics['macro_auc']:.4f}")
     write_json(run_dir / "metrics.json", out)
     return out
+
+
+def _add_recall_intervals(metrics: dict, split_data, logits: np.ndarray, classes, seed: int) -> None:
+    """per_class[c]["recall_95"]: lesion-bootstrap interval of each class's recall (the per-class plot's bars)."""
+    boot = confusion_bootstrap(split_data.labels, logits.argmax(1), split_data.frame["lesion_id"].to_numpy(),
+                               num_classes=len(classes), n_boot=1000, seed=seed, classes=classes)
+    for name in classes:
+        metrics["per_class"][name]["recall_95"] = boot["recall"][name]

@@ -1,0 +1,52 @@
+"""Figures: per-class bars with recall intervals, training curves with validation loss and the selected epoch."""
+import matplotlib.pyplot as plt
+import pytest
+
+from qana_keras.plots import history_figure, per_class_figure, plot_history, selected_epoch_of
+
+CLASSES = ("a", "b")
+
+
+def _metrics(with_intervals: bool) -> dict:
+    per = {c: {"precision": 0.5, "recall": r, "f1": 0.5, "support": 10} for c, r in zip(CLASSES, (0.6, 0.3))}
+    if with_intervals:
+        per["a"]["recall_95"] = {"low": 0.4, "high": 0.8}
+        per["b"]["recall_95"] = {"low": 0.1, "high": 0.5}
+    return {"classes": list(CLASSES), "per_class": per}
+
+
+def test_per_class_bars_have_an_axis_label_and_recall_intervals():
+    fig = per_class_figure(_metrics(True))
+    ax = fig.axes[0]
+    assert ax.get_ylabel()
+    bars = [c for c in ax.containers if getattr(c, "errorbar", None) is not None]
+    assert len(bars) == 1 and bars[0].get_label() == "recall (95 % interval)"
+    segments = bars[0].errorbar.lines[2][0].get_segments()  # one vertical line per class: (x, low) -> (x, high)
+    assert [(s[0][1], s[1][1]) for s in segments] == [pytest.approx((0.4, 0.8)), pytest.approx((0.1, 0.5))]
+    plt.close(fig)
+
+
+def test_per_class_bars_without_intervals_still_draw():
+    fig = per_class_figure(_metrics(False))
+    assert not [c for c in fig.axes[0].containers if getattr(c, "errorbar", None) is not None]
+    plt.close(fig)
+
+
+HISTORY = [{"epoch": 1, "loss": 1.0, "val_loss": 1.2, "val_top1": 0.5, "val_macro_f1": 0.30},
+           {"epoch": 2, "loss": 0.8, "val_loss": 1.1, "val_top1": 0.6, "val_macro_f1": 0.40},
+           {"epoch": 3, "loss": 0.6, "val_loss": 1.3, "val_top1": 0.6, "val_macro_f1": 0.40}]
+
+
+def test_training_curves_show_val_loss_and_mark_the_selected_epoch():
+    assert selected_epoch_of(HISTORY) == 2  # the first best validation macro-F1, as training selects
+    fig = history_figure(HISTORY)
+    loss_labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert loss_labels == ["train loss", "val loss", "selected epoch 2"]
+    assert "selected epoch 2" in [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    plt.close(fig)
+
+
+def test_old_histories_without_val_loss_still_plot(tmp_path):
+    old = [{k: v for k, v in row.items() if k != "val_loss"} for row in HISTORY]
+    plot_history(old, tmp_path / "curves.png", selected_epoch=3)
+    assert (tmp_path / "curves.png").stat().st_size > 0
