@@ -60,6 +60,7 @@ import hardware_cost  # noqa: E402  (sets up qana_keras and tf_keras)
 from qana_keras import CLASSES  # noqa: E402
 from qana_keras.config import Config, load_config  # noqa: E402
 from qana_keras.io import RunFolderError, read_json, write_json  # noqa: E402
+from qana_keras.safe_load import load_akida_model, load_keras_model
 
 MODELS = hardware_cost.MODELS
 AKIDA_LOGITS = "test_logits_akida.npz"
@@ -164,7 +165,6 @@ def reference_predictions(args, out: Path, config: Config, test, log=print) -> t
 
 
 def run_one(name: str, args, log=print) -> dict:
-    import tf_keras as keras
 
     from qana_keras.data.dataset import load_splits
     from qana_keras.metrics import paired_bootstrap_difference
@@ -180,7 +180,7 @@ def run_one(name: str, args, log=print) -> dict:
     test = load_splits(config.data, log=lambda *_: None)["test"]
     groups = test.frame["lesion_id"].to_numpy()
     logits = akida_test_predictions(run_dir, test, run_dir / AKIDA_LOGITS, log=log)
-    float_model = keras.models.load_model(run_dir / f"{config.model.variant}_float.h5", compile=False)
+    float_model = load_keras_model(run_dir / f"{config.model.variant}_float.h5")
     float_logits = float_model.predict(test.images, batch_size=256, verbose=0)
     seed = config.train.seed
     test_row = {"n_images": int(len(test)), "n_lesions": int(len(np.unique(groups))),
@@ -200,11 +200,9 @@ def run_one(name: str, args, log=print) -> dict:
                       "metrics": paired_bootstrap_difference(test.labels, ref_logits.argmax(1), logits.argmax(1),
                                                              groups, n_boot=args.n_boot, seed=seed)}
 
-    import akida
-
     from qana_keras.convert import artifact_paths
 
-    ak = akida.Model(str(artifact_paths(run_dir, config.model.variant)["akida"]))
+    ak = load_akida_model(artifact_paths(run_dir, config.model.variant)["akida"])
     hardware = hardware_cost.mapping_cost(ak, r_succ=conversion["r_succ"], log=log)
     t_eval = time.perf_counter() - began
 

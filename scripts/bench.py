@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from qana_keras.safe_load import load_keras_model
 
 BATCH_SIZES = (1, 100)
 
@@ -75,7 +76,7 @@ def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data
         config.data = data_config
     converted = load_converted(run_dir, bits)
     images = load_splits(config.data, log=log)["test"].images[:max(BATCH_SIZES)]
-    models = {"float Keras (TensorFlow CPU)": keras.models.load_model(converted["paths"]["float"], compile=False),
+    models = {"float Keras (TensorFlow CPU)": load_keras_model(converted["paths"]["float"]),
               f"quantized Keras {precision_tag(bits)} (TensorFlow CPU)": converted["quantized"],
               "Akida software backend (CPU simulator)": converted["akida"]}
     rows = []

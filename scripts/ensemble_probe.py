@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.distill import model_probabilities
 from qana_keras.io import write_json
 from qana_keras.metrics import bootstrap_intervals, format_difference, headline_metrics, paired_bootstrap_difference
+from qana_keras.safe_load import load_keras_model
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     probabilities = {split: [] for split in ("val", "test")}
     rows = []
     for path in args.models:
-        model = tf.keras.models.load_model(path, compile=False)
+        model = load_keras_model(path)
         row = {"model": path}
         for split in probabilities:
             p = model_probabilities(model, data[split].images, args.tta)

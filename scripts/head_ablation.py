@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 import qana_keras  # noqa: F401
-import tf_keras as keras
 
 from qana_keras import CLASSES
 from qana_keras.config import load_config
@@ -42,6 +41,7 @@ from qana_keras.io import atomic_path, write_json
 from qana_keras.metrics import (bootstrap_intervals, classification_metrics, macro_f1,
                                 paired_bootstrap_difference)
 from qana_keras.studies import head_ablation_markdown
+from qana_keras.safe_load import load_keras_model
 
 RARE = ("df", "vasc", "akiec")
 C_GRID = (0.01, 0.03, 0.1, 0.3)
@@ -210,7 +210,7 @@ def main() -> None:
     run_config = load_config(run_dir / "config.yaml")
     variant = run_config.model.variant
     default = with_overrides(HeadConfig(), args.set)
-    model = keras.models.load_model(head_paths(run_dir, variant)["float"], compile=False)
+    model = load_keras_model(head_paths(run_dir, variant)["float"])
     data = load_splits(run_config.data)
     emb = load_embeddings(run_dir, model, data, variant, default, Path(args.cache) if args.cache else None, print)
     y = {s: d.labels for s, d in data.items()}

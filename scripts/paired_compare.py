@@ -10,12 +10,12 @@ usage: python scripts/paired_compare.py A.h5 B.h5 [--tta] [--json OUT]
 import argparse
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.distill import model_probabilities
 from qana_keras.io import write_json
 from qana_keras.metrics import format_difference, headline_metrics, paired_bootstrap_difference
+from qana_keras.safe_load import load_keras_model
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     data = load_splits(DataConfig())
-    models = {key: tf.keras.models.load_model(path, compile=False) for key, path in (("a", args.a), ("b", args.b))}
+    models = {key: load_keras_model(path) for key, path in (("a", args.a), ("b", args.b))}
     result = {"a": args.a, "b": args.b, "tta": args.tta}
     for split in ("val", "test"):
         labels, groups = data[split].labels, data[split].frame["lesion_id"].to_numpy()

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf
 from qana_keras import CLASSES
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.distill import model_probabilities, write_soft_targets
+from qana_keras.safe_load import load_keras_model
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     data_by_size = {}
     total = None
     for path in args.teachers:
-        model = tf.keras.models.load_model(path, compile=False)
+        model = load_keras_model(path)
         if model.output_shape[-1] != len(CLASSES):
             raise SystemExit(f"{path}: {model.output_shape[-1]} outputs; teachers must predict the {len(CLASSES)} "
                              f"classes {', '.join(CLASSES)}")
