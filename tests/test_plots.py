@@ -50,3 +50,25 @@ def test_old_histories_without_val_loss_still_plot(tmp_path):
     old = [{k: v for k, v in row.items() if k != "val_loss"} for row in HISTORY]
     plot_history(old, tmp_path / "curves.png", selected_epoch=3)
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def _hardware_row(model: str, macs: int, balanced: float, one_pass_on: str, hybrid: str | None = None) -> dict:
+    devices = {d: {"status": "one-pass" if d == one_pass_on else "does-not-map"}
+               for d in ("four-nodes-v2", "six-nodes-v2", "twelve-nodes-v2")}
+    return {"model": model, "ip": "v2", "macs": macs, "hybrid_cut_after": hybrid, "devices": devices,
+            "accuracy": {"top1": 0.8, "balanced_accuracy": balanced}}
+
+
+def test_accuracy_vs_cost_marks_small_devices_and_leaves_out_hybrids():
+    from qana_keras.plots import accuracy_vs_cost_figure
+
+    fig = accuracy_vs_cost_figure([_hardware_row("models/small/small.fbz", 10_000_000, 0.6, "six-nodes-v2"),
+                                   _hardware_row("models/big/big.fbz", 100_000_000, 0.7, "twelve-nodes-v2"),
+                                   _hardware_row("models/hyb/hyb.fbz", 1_000_000, 0.9, "six-nodes-v2", "stem")])
+    ax = fig.axes[0]
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    assert [tuple(c.get_offsets()[0]) for c in points] == [(10.0, 60.0), (100.0, 70.0)]  # MACs in millions, %
+    filled = [len(c.get_facecolors()) > 0 for c in points]  # a hollow marker has no face colour
+    assert filled == [True, False]
+    assert [t.get_text() for t in ax.texts] == ["small", "big"]
+    plt.close(fig)

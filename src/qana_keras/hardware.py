@@ -13,6 +13,7 @@ from pathlib import Path
 
 from qana_keras.devices import NO_BOARD_NOTE, STANDARD_DEVICES
 from qana_keras.io import atomic_write_text, read_json, write_json
+from qana_keras.plots import plot_accuracy_vs_cost
 
 BLOCK = "report:hardware-table"
 
@@ -205,9 +206,10 @@ def write_hardware_table(models_dir: str | Path = "models", out_dir: str | Path 
     out_dir = Path(out_dir)
     markdown = render_markdown(data)
     write_json(out_dir / "hardware_table.json", data)
+    plot_accuracy_vs_cost(data["models"], out_dir / "accuracy_vs_cost.png")
     atomic_write_text(out_dir / "hardware_table.md", "# Published Akida models on the standard devices\n\n"
                       + markdown)
-    log(f"wrote {out_dir / 'hardware_table.md'} and hardware_table.json ({len(data['models'])} models x "
+    log(f"wrote {out_dir / 'hardware_table.md'}, hardware_table.json and accuracy_vs_cost.png ({len(data['models'])} models x "
         f"{len(data['devices'])} devices)")
     if readme:
         changed = rewrite_block(readme, markdown, BLOCK)

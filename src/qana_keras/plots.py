@@ -197,3 +197,46 @@ def plot_np_mapping(rows: list[dict], path: str | Path, title: str = "") -> None
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
     _save(fig, path)
+
+
+ONE_PASS_24_NPS = ("two-nodes-v2", "four-nodes-v2", "six-nodes-v2", "akd1500")
+"""Standard devices of 24 NPs or fewer (and AKD1500, 32): a model mapping in one pass on one of them fits the chips
+people can reach."""
+
+
+def plot_accuracy_vs_cost(models: list[dict], path: str | Path) -> None:
+    _save(accuracy_vs_cost_figure(models), path)
+
+
+def accuracy_vs_cost_figure(models: list[dict]):
+    """Test balanced accuracy and top-1 of every evaluated published model against its Akida MACs.
+
+    ``models``: the ``models`` rows of ``hardware_table.json``. Filled markers: one hardware pass on a standard
+    device of <= 24 NPs (or AKD1500); hollow: needs the 48-NP configuration, several passes, or maps nowhere.
+    Hybrids are left out: their MACs count only the part on Akida.
+    """
+    rows = [m for m in models if m["accuracy"].get("top1") is not None and m.get("macs")
+            and not m.get("hybrid_cut_after")]
+    folders = [Path(m["model"]).parent for m in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, key, label in ((axes[0], "balanced_accuracy", "balanced accuracy"), (axes[1], "top1", "top-1")):
+        for m, folder in zip(rows, folders):
+            value = m["accuracy"].get(key)
+            if value is None:
+                continue
+            small = any(m["devices"][d]["status"] == "one-pass" for d in ONE_PASS_24_NPS if d in m["devices"])
+            ax.scatter(m["macs"] / 1e6, 100 * value, s=40, marker="o" if m["ip"] == "v2" else "s",
+                       facecolors="tab:blue" if small else "none", edgecolors="tab:blue")
+            name = folder.name if folders.count(folder) == 1 else f"{folder.name}/{Path(m['model']).stem}"
+            ax.annotate(name, (m["macs"] / 1e6, 100 * value), fontsize=6,
+                        xytext=(3, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("Akida MACs per image (millions, log scale)")
+        ax.set_ylabel(f"test {label} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].scatter([], [], facecolors="tab:blue", edgecolors="tab:blue", label="one pass on <= 24 NPs (or AKD1500)")
+    axes[0].scatter([], [], facecolors="none", edgecolors="tab:blue", label="needs 48 NPs or several passes")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Published models: HAM10000 test accuracy of the integer model against chip cost")
+    fig.tight_layout()
+    return fig
