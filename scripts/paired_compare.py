@@ -1,40 +1,56 @@
 #!/usr/bin/env python
-"""Compare two float models on the committed lesion split: metrics of each, and B - A paired by lesion.
+"""Compare two models on the committed lesion split: metrics of each, and B - A paired by lesion.
 
-For matched experiments (same start, same schedule, one change), e.g. fine-tuning with and without
-teacher soft targets. Validation figures are what a user would choose by; test differences count only
-when the paired lesion-bootstrap interval excludes zero (marked *).
+Either model may be a float or quantized Keras ``.h5`` or an Akida ``.fbz`` (run on the akida software backend),
+each fed the images at its own input size (from the config.yaml beside it), so a 128 px pretrained model can be
+paired with the 64 px reference on the same lesions. Validation figures are what a user would choose by; test
+differences count only when the paired lesion-bootstrap interval excludes zero (marked *).
 
-usage: python scripts/paired_compare.py A.h5 B.h5 [--tta] [--json OUT]
+usage: python scripts/paired_compare.py A B [--tta] [--json OUT]
 """
 import argparse
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras.config import DataConfig
+from qana_keras.convert import predict_logits
 from qana_keras.data.dataset import load_splits
 from qana_keras.distill import model_probabilities
+from qana_keras.evaluate import load_model_any, model_image_size
 from qana_keras.io import write_json
 from qana_keras.metrics import format_difference, headline_metrics, paired_bootstrap_difference
-from qana_keras.safe_load import load_keras_model
+
+
+def predictions(path: str, tta: bool, splits_by_size: dict) -> dict:
+    """Predicted classes of the model at ``path`` on val and test (8-view TTA for Keras models with ``tta``)."""
+    model = load_model_any(path)
+    size = model_image_size(path, model)
+    if size not in splits_by_size:
+        splits_by_size[size] = load_splits(DataConfig(image_size=size))
+    data = splits_by_size[size]
+    keras_model = path.endswith(".h5")
+    if tta and not keras_model:
+        raise SystemExit(f"{path}: --tta averages Keras models only; compare Akida models without it")
+    return {split: (model_probabilities(model, data[split].images, tta) if keras_model
+                    else predict_logits(model, data[split].images)).argmax(1) for split in ("val", "test")}, data
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", help="baseline float Keras .h5 (64x64 uint8 input)")
+    parser.add_argument("a", help="baseline model (.h5 or .fbz, config.yaml beside it)")
     parser.add_argument("b", help="the changed model")
-    parser.add_argument("--tta", action="store_true", help="average each model over 8 flips/rotations")
+    parser.add_argument("--tta", action="store_true", help="average each Keras model over 8 flips/rotations")
     parser.add_argument("--json")
     args = parser.parse_args()
-    data = load_splits(DataConfig())
-    models = {key: load_keras_model(path) for key, path in (("a", args.a), ("b", args.b))}
+    splits_by_size: dict = {}
+    preds, data = {}, None
+    for key, path in (("a", args.a), ("b", args.b)):
+        preds[key], data = predictions(path, args.tta, splits_by_size)
     result = {"a": args.a, "b": args.b, "tta": args.tta}
     for split in ("val", "test"):
-        labels, groups = data[split].labels, data[split].frame["lesion_id"].to_numpy()
-        predictions = {}
-        for key, model in models.items():
-            predictions[key] = model_probabilities(model, data[split].images, args.tta).argmax(1)
-            result[f"{key}_{split}"] = headline_metrics(labels, predictions[key])
-        difference = paired_bootstrap_difference(labels, predictions["a"], predictions["b"], groups)
+        labels, groups = data[split].labels, data[split].frame["lesion_id"].to_numpy()  # same rows at every size
+        for key in ("a", "b"):
+            result[f"{key}_{split}"] = headline_metrics(labels, preds[key][split])
+        difference = paired_bootstrap_difference(labels, preds["a"][split], preds["b"][split], groups)
         result[f"b_minus_a_{split}"] = difference
         print(f"{split}: A {result[f'a_{split}']}  B {result[f'b_{split}']}")
         for name, d in difference.items():
