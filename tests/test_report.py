@@ -234,7 +234,7 @@ def test_blocks_go_to_whichever_readme_or_docs_file_holds_their_markers(tmp_path
     cost.write_text("# cost\n<!-- report:hardware-cost:start -->\nold\n<!-- report:hardware-cost:end -->\nafter\n")
     other.write_text("# nothing generated here\n")
     summary = build_report(models, tmp_path / "reports", evaluate=False, ablations=[],
-                           readme=[readme, cost, other], **QUIET)
+                           readme=[readme, cost, other, str(cost)], **QUIET)  # a file named twice is one file
     assert summary["changed"] == [str(readme), f"{cost} (report:hardware-cost)"]
     assert "| qana | 64 | 403,383 |" in cost.read_text() and cost.read_text().endswith("after\n")
     assert "hardware_cost" not in readme.read_text() and other.read_text() == "# nothing generated here\n"

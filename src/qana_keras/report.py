@@ -113,7 +113,7 @@ def rewrite_blocks_across(paths: list[str | Path], blocks: dict[str, str], requi
     markers (a README and its docs/ pages). The ``required`` block must be in one of them (else the error of
     ``rewrite_block`` on the first file); a study block in none is just not shown; a block whose markers are
     in two files is an error and nothing is written. Returns "path" (required block) or "path (name)"."""
-    paths = [Path(p) for p in paths]
+    paths = list(dict.fromkeys(Path(p) for p in paths))  # a file named twice is one file
     for path in paths:
         if not path.is_file():
             raise ReportError(f"{path} not found; create it with the markers of the blocks it should hold")
