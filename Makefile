@@ -11,8 +11,8 @@ SHARED_PAD := $(abspath ../shared/data/pad_ufes_20_partial)
 export QANA_PAD_UFES_DIR ?= $(if $(wildcard $(SHARED_PAD)/metadata.csv),$(SHARED_PAD),$(CURDIR)/data/pad_ufes_20)
 SHARED_ISIC := $(abspath ../shared/data/isic2019_partial)
 export QANA_ISIC2019_DIR ?= $(if $(wildcard $(SHARED_ISIC)/ISIC_2019_Training_GroundTruth.csv),$(SHARED_ISIC),$(CURDIR)/data/isic2019)
-# `make report` rewrites the marked blocks of these files.
-REPORT_FLAGS ?= --model-card MODEL_CARD.md --readme README.md
+# `make report` rewrites the marked blocks of these files: each README/docs block in the one file holding its markers.
+REPORT_FLAGS ?= --model-card MODEL_CARD.md --readme README.md $(sort $(wildcard docs/*.md))
 RUN ?= runs/qana
 CONFIG ?= configs/qana.yaml
 CROP_OUT ?= reports/crop/$(notdir $(RUN))

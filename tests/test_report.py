@@ -223,6 +223,33 @@ def test_readme_without_study_markers_gets_only_the_results_block(tmp_path):
     assert "### Architecture ablation" in readme.read_text() and "hardware_cost" not in readme.read_text()
 
 
+def test_blocks_go_to_whichever_readme_or_docs_file_holds_their_markers(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(COMMITTED, models / "qana", ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
+    shutil.copy(REPO / "models" / "hardware_cost.json", models / "hardware_cost.json")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- report:start -->\n<!-- report:end -->\n")
+    (tmp_path / "docs").mkdir()
+    cost, other = tmp_path / "docs" / "ablations.md", tmp_path / "docs" / "crop.md"
+    cost.write_text("# cost\n<!-- report:hardware-cost:start -->\nold\n<!-- report:hardware-cost:end -->\nafter\n")
+    other.write_text("# nothing generated here\n")
+    summary = build_report(models, tmp_path / "reports", evaluate=False, ablations=[],
+                           readme=[readme, cost, other, str(cost)], **QUIET)  # a file named twice is one file
+    assert summary["changed"] == [str(readme), f"{cost} (report:hardware-cost)"]
+    assert "| qana | 64 | 403,383 |" in cost.read_text() and cost.read_text().endswith("after\n")
+    assert "hardware_cost" not in readme.read_text() and other.read_text() == "# nothing generated here\n"
+    # the results table must be in one of the files; a block in two files is refused; nothing is written then
+    with pytest.raises(ReportError, match=r"docs/crop.md: expected the marker <!-- report:start --> exactly once"):
+        build_report(models, tmp_path / "reports", evaluate=False, ablations=[], readme=[other, cost], **QUIET)
+    twice = cost.read_text()
+    readme.write_text("# x\n<!-- report:start -->\n<!-- report:end -->\n<!-- report:hardware-cost:start -->\nold\n"
+                      "<!-- report:hardware-cost:end -->\n")
+    before = readme.read_text()
+    with pytest.raises(ReportError, match=r"block report:hardware-cost are in .*README.md and .*ablations.md"):
+        build_report(models, tmp_path / "reports", evaluate=False, ablations=[], readme=[readme, cost], **QUIET)
+    assert readme.read_text() == before and cost.read_text() == twice
+
+
 # --------------------------------------------------------------------------------------------------
 # A tiny real model, evaluated on HAM10000 and PAD-UFES-20 fixtures
 

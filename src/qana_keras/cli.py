@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("report", help="reports/ (Markdown + PNG) from the committed models' JSON and fresh "
-                                        "evaluations; optionally rewrites the marked block of a README")
+                                        "evaluations; optionally rewrites the marked blocks of a README and docs pages")
     p.add_argument("--models", default=str(REPO_ROOT / "models"), help="folder of published model folders")
     p.add_argument("--out", default=str(REPO_ROOT / "reports"), help="report folder")
     p.add_argument("--data", help="HAM10000 root (default: $QANA_DATA_DIR, else each model's config)")
@@ -477,8 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-evaluate", action="store_true", help="only the JSON already in models/ and reports/")
     p.add_argument("--force", action="store_true", help="re-evaluate even when a cached evaluation matches")
     p.add_argument("--ablations", nargs="*", help="ablation JSON files (default: models/ablations/*.json)")
-    p.add_argument("--readme", help="rewrite the block between <!-- report:start --> and <!-- report:end --> "
-                                    "of this Markdown file with the results table")
+    p.add_argument("--readme", nargs="+", metavar="MARKDOWN",
+                   help="rewrite the generated blocks of these Markdown files (e.g. README.md docs/*.md), each in "
+                        "the one file holding its markers: the results table between <!-- report:start --> and "
+                        "<!-- report:end --> (required) and the study blocks <!-- report:NAME:start/end -->")
     p.add_argument("--model-card", help="rewrite the report:* blocks of this model card (e.g. MODEL_CARD.md)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of fresh evaluations")
     p.set_defaults(func=cmd_report)

@@ -108,6 +108,32 @@ def has_block(path: str | Path, name: str) -> bool:
     return _markers(name)[0] in Path(path).read_text()
 
 
+def rewrite_blocks_across(paths: list[str | Path], blocks: dict[str, str], required: str = "report") -> list[str]:
+    """Write each ``report``/``report:NAME`` block of ``blocks`` into the one file of ``paths`` that holds its
+    markers (a README and its docs/ pages). The ``required`` block must be in one of them (else the error of
+    ``rewrite_block`` on the first file); a study block in none is just not shown; a block whose markers are
+    in two files is an error and nothing is written. Returns "path" (required block) or "path (name)"."""
+    paths = list(dict.fromkeys(Path(p) for p in paths))  # a file named twice is one file
+    for path in paths:
+        if not path.is_file():
+            raise ReportError(f"{path} not found; create it with the markers of the blocks it should hold")
+    plan = []
+    for name, content in blocks.items():
+        if name != required and not name.startswith("report:"):
+            continue
+        holders = [p for p in paths if has_block(p, name)]
+        if len(holders) > 1:
+            raise ReportError(f"the markers of block {name} are in {' and '.join(map(str, holders))}; keep them in "
+                              "one file")
+        if holders or name == required:
+            plan.append((holders[0] if holders else paths[0], name, content))
+    changed = []
+    for path, name, content in plan:
+        if rewrite_block(path, content, name):
+            changed.append(str(path) if name == required else f"{path} ({name})")
+    return changed
+
+
 def _rewrite_present_blocks(path: str | Path, blocks: dict[str, str]) -> list[str]:
     """Rewrite those ``report:NAME`` blocks whose markers the file has (a file without them just does not
     show that table); returns "path (name)" for each block that changed."""
@@ -844,10 +870,13 @@ def model_card_blocks(summaries: list[dict], evaluations: dict) -> dict[str, str
 
 def build_report(models_dir: str | Path = "models", out_dir: str | Path = "reports", data_dir: str | None = None,
                  pad_ufes_dir: str | None = None, cache_dir: str | None = None, evaluate: bool = True,
-                 force: bool = False, ablations: list[str] | None = None, readme: str | Path | None = None,
+                 force: bool = False, ablations: list[str] | None = None,
+                 readme: str | Path | list[str | Path] | None = None,
                  model_card: str | Path | None = None, n_boot: int = 1000, log=print) -> dict:
     """Write ``out_dir/README.md`` (+ evaluate/*.json|png, results_block.md); optionally rewrite the
-    ``report`` block of ``readme`` and the ``report:*`` blocks of ``model_card``. Returns a summary."""
+    ``report`` block and the study blocks in ``readme`` (one file or several, e.g. README.md and docs/*.md:
+    each block goes to the file that holds its markers) and the ``report:*`` blocks of ``model_card``.
+    Returns a summary."""
     began = time.perf_counter()
     models_dir, out_dir = Path(models_dir), Path(out_dir)
     summaries = [model_summary(d) for d in discover_models(models_dir)]
@@ -884,9 +913,8 @@ def build_report(models_dir: str | Path = "models", out_dir: str | Path = "repor
     atomic_write_text(out_dir / "results_block.md", block + "\n")
     changed = []
     if readme:
-        if rewrite_block(readme, block, "report"):
-            changed.append(str(readme))
-        changed += _rewrite_present_blocks(readme, blocks)
+        readmes = [readme] if isinstance(readme, (str, Path)) else list(readme)
+        changed += rewrite_blocks_across(readmes, {"report": block, **blocks})
     if model_card:
         for name, content in model_card_blocks(summaries, evaluations).items():
             if rewrite_block(model_card, content, name):

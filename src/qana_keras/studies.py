@@ -5,8 +5,8 @@
 - hardware cost: ``scripts/hardware_cost.py`` -> ``models/hardware_cost.json``
 - seeds: ``scripts/seed_summary.py`` -> ``models/seeds/summary.json`` (reference recipe), ``<recipe>_summary.json``
 
-The scripts print these tables and ``qana report`` renders them into reports/README.md and the README,
-so no figure of a study is typed by hand.
+The scripts print these tables and ``qana report`` renders them into reports/README.md and the docs/*.md
+pages that hold their markers, so no figure of a study is typed by hand.
 """
 from __future__ import annotations
 
