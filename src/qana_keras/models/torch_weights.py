@@ -31,42 +31,67 @@ class UnsafeCheckpointError(ValueError):
     """The file is not a plain legacy state dict (an unexpected global, a bad layout or truncated data)."""
 
 
+class _Inert:
+    """Refuses pickle's BUILD opcode, which would otherwise overwrite the attributes of the stand-ins below."""
+
+    def __setstate__(self, state):
+        raise UnsafeCheckpointError("the file tries to change a tensor, storage or storage type (pickle BUILD)")
+
+
 @dataclass
-class _Storage:
+class _Storage(_Inert):
     dtype: type
     numel: int
     data: np.ndarray | None = None
 
 
-@dataclass
-class _TensorRef:
+@dataclass(frozen=True)
+class _TensorRef(_Inert):
     storage: _Storage
     offset: int
     size: tuple
     stride: tuple
 
     def to_numpy(self) -> np.ndarray:
-        if self.storage.data is None:
-            raise UnsafeCheckpointError("a tensor points at a storage whose bytes are not in the file")
+        """A copy of the tensor. It must read only inside its storage and hold no more values than the storage
+        (a zero-stride view of one value could otherwise ask for gigabytes)."""
         base = self.storage.data
-        itemsize = base.dtype.itemsize
-        end = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride)) + 1 if self.size else self.offset + 1
-        if self.offset < 0 or (all(self.size) and end > len(base)):
-            raise UnsafeCheckpointError(f"a tensor of shape {self.size} reads past its storage of {len(base)} values")
+        if not isinstance(base, np.ndarray):
+            raise UnsafeCheckpointError("a tensor points at a storage whose bytes are not in the file")
+        n = int(np.prod(self.size, dtype=np.int64))
+        end = self.offset + sum((size - 1) * stride for size, stride in zip(self.size, self.stride)) + 1
+        if len(self.stride) != len(self.size) or n > len(base) or (n and end > len(base)):
+            raise UnsafeCheckpointError(f"a tensor of shape {self.size} (stride {self.stride}, offset {self.offset}) "
+                                        f"does not fit inside its storage of {len(base)} values")
+        if n == 0:
+            return np.zeros(self.size, base.dtype)
         view = np.lib.stride_tricks.as_strided(base[self.offset:], shape=self.size,
-                                               strides=tuple(s * itemsize for s in self.stride))
+                                               strides=tuple(s * base.dtype.itemsize for s in self.stride))
         return np.array(view)  # a copy: no array shares the file's buffer
+
+
+def _non_negative_ints(values, what: str) -> tuple:
+    values = tuple(values)
+    if not all(type(v) is int and v >= 0 for v in values):
+        raise UnsafeCheckpointError(f"a tensor's {what} must be non-negative integers, got {values!r:.80}")
+    return values
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *rest):
     if not isinstance(storage, _Storage):
         raise UnsafeCheckpointError("a tensor is rebuilt from something that is not a storage")
-    return _TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    (offset,) = _non_negative_ints((storage_offset,), "offset")
+    return _TensorRef(storage, offset, _non_negative_ints(size, "size"), _non_negative_ints(stride, "stride"))
 
 
-class _StorageType:
-    def __init__(self, name: str):
-        self.dtype = STORAGE_DTYPES[name]
+@dataclass(frozen=True)
+class _StorageType(_Inert):
+    """An inert, immutable stand-in for ``torch.<Name>Storage`` (a pickle BUILD cannot change it)."""
+    name: str
+
+    @property
+    def dtype(self):
+        return STORAGE_DTYPES[self.name]
 
 
 ALLOWED_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict,
@@ -94,6 +119,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage_type, key, _location, numel = saved_id[1:5]
         if not isinstance(storage_type, _StorageType):
             raise UnsafeCheckpointError(f"{self.source}: storage {key!r} has no known storage type")
+        if type(numel) is not int or numel < 0:
+            raise UnsafeCheckpointError(f"{self.source}: storage {key!r} has an invalid size {numel!r:.40}")
+        if not isinstance(key, str):
+            raise UnsafeCheckpointError(f"{self.source}: storage key {key!r:.40} is not a string")
         if key not in self.storages:
             self.storages[key] = _Storage(storage_type.dtype, int(numel))
         return self.storages[key]
@@ -144,6 +173,9 @@ def read_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     out = {}
     for name, value in state.items():
         if not isinstance(value, _TensorRef):
-            raise UnsafeCheckpointError(f"{source}: entry {name!r} is not a tensor")
-        out[str(name)] = value.to_numpy()
+            raise UnsafeCheckpointError(f"{source}: entry {name!r:.80} is not a tensor")
+        try:
+            out[str(name)] = value.to_numpy()
+        except UnsafeCheckpointError as error:
+            raise UnsafeCheckpointError(f"{source}: entry {name!r:.80}: {error}") from None
     return out
