@@ -84,7 +84,7 @@ def test_load_splits_adds_the_source_to_train_and_validates_it_apart(tmp_path):
                         image_size=16, extra_sources=(str(isic),))
     plain = load_splits(DataConfig(data_dir=str(data_dir), split_file=str(split_file),
                                    cache_dir=str(tmp_path / "cache"), image_size=16), log=lambda *_: None)
-    data = load_splits(config, log=lambda *_: None)
+    data = load_splits(config, log=lambda *_: None, extra_sources=True)
     assert set(data) == {"train", "val", "test", "val_isic2019"}
     extra_train = data["train"].frame.query("source == 'isic2019'")
     assert len(data["train"]) == len(plain["train"]) + len(extra_train)
@@ -93,3 +93,41 @@ def test_load_splits_adds_the_source_to_train_and_validates_it_apart(tmp_path):
     assert test_image not in set(data["train"].frame["image_id"])
     assert data["test"].images.shape == plain["test"].images.shape  # HAM10000 val/test unchanged
     np.testing.assert_array_equal(data["val"].labels, plain["val"].labels)
+
+
+def test_rows_left_out_need_no_image_file(tmp_path):
+    """A copy of the full release without its HAM10000 and SCC images loads: those rows are dropped first."""
+    root = write_isic2019_fixture(tmp_path / "isic", ROWS)
+    (root / "ISIC_2019_Training_Input" / "ISIC_0000006.jpg").unlink()  # SCC
+    (root / "ISIC_2019_Training_Input" / "ISIC_0024400.jpg").unlink()  # a HAM10000 copy
+    df = isic2019.load_metadata(root)
+    assert len(df) == 5 and df.attrs == {"ham10000_copies": 1, "without_ham_class": {"SCC": 1}}
+
+
+def test_a_byte_identical_copy_of_a_ham10000_image_under_another_id_stays_out(tmp_path):
+    import shutil
+
+    from qana_keras.config import DataConfig
+    from qana_keras.data.dataset import load_splits
+
+    data_dir = write_ham10000_fixture(tmp_path / "ham", n_lesions_per_class=3, size=(48, 36))
+    meta = ham10000.load_metadata(data_dir)
+    split_file = tmp_path / "split.csv"
+    splits.write_split(splits.make_lesion_split(meta, seed=1), split_file)
+    root = write_isic2019_fixture(tmp_path / "isic2019", [("ISIC_0000001", "NV", ""), ("ISIC_0000002", "MEL", "")])
+    shutil.copy(meta["path"].iloc[0], root / "ISIC_2019_Training_Input" / "ISIC_0000002.jpg")
+    config = DataConfig(data_dir=str(data_dir), split_file=str(split_file), cache_dir=str(tmp_path / "cache"),
+                        image_size=16, extra_sources=(str(root),))
+    data = load_splits(config, log=lambda *_: None, extra_sources=True)
+    ids = set(data["train"].frame["image_id"]) | set(data["val_isic2019"].frame["image_id"])
+    assert "ISIC_0000001" in ids and "ISIC_0000002" not in ids
+    assert "val_isic2019" not in load_splits(config, log=lambda *_: None)  # other stages: HAM10000 only
+
+
+def test_extra_sources_are_refused_with_crops_and_with_clashing_names(tmp_path):
+    from qana_keras.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.extra_sources works with data.crop=none only"):
+        load_config(None, ["data.extra_sources=/a/isic2019", "data.crop=mask"])
+    with pytest.raises(ConfigError, match="two sources share a folder name"):
+        load_config(None, ["data.extra_sources=/a/isic2019,/b/isic2019"])

@@ -22,6 +22,11 @@ def default_data_dir() -> str:
     return os.environ.get("QANA_DATA_DIR", str(REPO_ROOT / "data" / "ham10000"))
 
 
+def source_name(folder: str) -> str:
+    """The name an extra source's validation split goes by: its folder name (``val_isic2019_partial``)."""
+    return Path(os.path.expandvars(folder)).expanduser().name
+
+
 @dataclass
 class DataConfig:
     data_dir: str = field(default_factory=default_data_dir)
@@ -243,6 +248,13 @@ def validate_config(config: Config, origins: dict | None = None) -> Config:
             if rule and not rule[0](value):
                 raise ConfigError(f"{where}: {dotted}={value!r} is out of range; allowed: {rule[1]}")
     d = config.data
+    names = [source_name(folder) for folder in d.extra_sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{origins.get('data.extra_sources', 'config')}: data.extra_sources: two sources share a "
+                          f"folder name ({', '.join(names)}); their validation splits are named after it: rename one")
+    if d.extra_sources and d.crop != "none":
+        raise ConfigError(f"{origins.get('data.extra_sources', 'config')}: data.extra_sources works with data.crop=none "
+                          f"only (extra sources have no lesion crops); got data.crop={d.crop}")
     if d.val_fraction + d.test_fraction >= 1.0:
         raise ConfigError(f"{origins.get('data.val_fraction', 'config')}: data.val_fraction + data.test_fraction = "
                           f"{d.val_fraction + d.test_fraction:g}; allowed: below 1 (training needs images)")

@@ -267,7 +267,7 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     make_deterministic(t.seed)
 
     classes = run_classes(config.data)
-    data = load_splits(config.data, max_images=t.max_images, seed=t.seed, log=log)
+    data = load_splits(config.data, max_images=t.max_images, seed=t.seed, log=log, extra_sources=True)
     train_data, val_data = data["train"], data["val"]
     log("images per split: " + ", ".join(f"{k} {len(v)}" for k, v in data.items()))
     if classes != CLASSES:  # read by `qana learn`: the order of the model's outputs

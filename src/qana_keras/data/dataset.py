@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from qana_keras import CLASSES
-from qana_keras.config import DataConfig
+from qana_keras.config import DataConfig, source_name
 from qana_keras.data import ham10000, isic2019, splits
 from qana_keras.data.cache import load_cached_images
+from qana_keras.io import sha256_file
 
 
 @dataclass
@@ -44,11 +44,14 @@ def _subset(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
     return pd.concat(parts).sort_values("image_id")
 
 
-def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=print) -> dict[str, SplitData]:
+def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=print,
+                extra_sources: bool = False) -> dict[str, SplitData]:
     """Validate the metadata, check the split file against it, and return train/val/test arrays.
 
     ``max_images`` > 0 keeps a class-stratified subset of each split (quick runs). With ``config.classes``
-    only those classes' images are kept and labels index that list.
+    only those classes' images are kept and labels index that list. With ``extra_sources`` (training), the
+    sources of ``config.extra_sources`` join the train split and add a ``val_<source>`` split each; other
+    stages leave them out, as they evaluate or calibrate on HAM10000.
     """
     classes = run_classes(config)
     meta = ham10000.load_metadata(config.data_dir)
@@ -69,16 +72,11 @@ def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=prin
         rows = frame.index.to_numpy()
         out[name] = SplitData(images[rows], frame["dx"].map(class_index).to_numpy(np.int64),
                               frame.reset_index(drop=True))
-    for folder in getattr(config, "extra_sources", ()):
+    for folder in config.extra_sources if extra_sources else ():
         train, val = load_extra_source(folder, config, meta, class_index, max_images, seed, log)
         out["train"] = concat(out["train"], train)
         out[f"val_{source_name(folder)}"] = val
     return out
-
-
-def source_name(folder: str) -> str:
-    """The name a source's validation split goes by: its folder name (``val_isic2019_partial``)."""
-    return Path(os.path.expandvars(folder)).expanduser().name
 
 
 def load_extra_source(folder: str, config: DataConfig, ham_meta: pd.DataFrame, class_index: dict[str, int],
@@ -89,6 +87,12 @@ def load_extra_source(folder: str, config: DataConfig, ham_meta: pd.DataFrame, c
         raise ValueError(f"data.extra_sources: {folder!r} names an unset environment variable; set it or give a path")
     meta = isic2019.load_metadata(root, set(ham_meta["image_id"]), set(ham_meta["lesion_id"]))
     meta = meta[meta["dx"].isin(class_index)].reset_index(drop=True)
+    # A renamed byte-for-byte copy of a HAM10000 image would slip past the id checks: compare contents too.
+    ham_digests = {sha256_file(path) for path in ham_meta["path"]}
+    copies = meta["path"].map(sha256_file).isin(ham_digests)
+    if copies.any():
+        log(f"{source_name(folder)}: left out {int(copies.sum())} byte-identical copies of HAM10000 images")
+        meta = meta[~copies].reset_index(drop=True)
     meta["split"] = isic2019.assign_split(meta)
     images = load_cached_images(meta["path"].tolist(), config.image_size, config.cache_dir,
                                 name=source_name(folder), log=log)

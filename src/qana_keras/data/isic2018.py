@@ -5,26 +5,15 @@ The CSV has columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`` (any order), one row 
 """
 from __future__ import annotations
 
-import os
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 
 from qana_keras import CLASSES
-from qana_keras.data.ham10000 import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
-                                     unsafe_name_problem)
+from qana_keras.data.ham10000 import DatasetError, unsafe_name_problem
+from qana_keras.data.layout import one_hot_value, read_table, scan_images
 
 CLASS_COLUMNS = {c.upper(): c for c in CLASSES}  # "AKIEC" -> "akiec", ...
-
-
-def _one_hot_value(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if value in (0.0, 1.0) else None
-
 
 def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.DataFrame:
     """Columns image_id, dx (HAM names), path; sorted by image_id.
@@ -34,18 +23,8 @@ def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.Da
     """
     images_dir = Path(images_dir).expanduser().absolute()
     csv_path = Path(ground_truth_csv).expanduser().absolute()
-    if not csv_path.is_file():
-        raise DatasetError(f"ground-truth CSV {csv_path} not found; see data/README.md (ISIC 2018)")
-    if not images_dir.is_dir():
-        raise DatasetError(f"image folder {images_dir} not found; see data/README.md (ISIC 2018)")
     problems: list[str] = []
-    parsed = read_csv_rows(csv_path, problems)
-    if parsed is None:
-        raise DatasetError(f"{csv_path} is unreadable", problems)
-    header, rows = parsed
-    if not rows:
-        raise DatasetError(f"{csv_path} has a header but no rows: the data set is empty; see data/README.md "
-                           "(ISIC 2018)")
+    header, rows = read_table(csv_path, images_dir, csv_path.parent, "see data/README.md (ISIC 2018)", problems)
     expected = ["image", *CLASS_COLUMNS]
     unknown = [c for c in header if c not in expected]
     missing = [c for c in expected if c not in header]
@@ -54,16 +33,7 @@ def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.Da
                            f"ground truth ({','.join(expected)}): unknown {unknown}, missing {missing}")
     col = {c: i for i, c in enumerate(header)}
 
-    by_stem: dict[str, list[Path]] = defaultdict(list)
-    for entry in os.scandir(images_dir):
-        stem, ext = os.path.splitext(entry.name)
-        # The official folders also hold ATTRIBUTION.txt and LICENSE.txt, which are not images.
-        if entry.is_file() and not entry.name.startswith(".") and ext.lower() in IMAGE_EXTENSIONS:
-            outside = entry.is_symlink() and link_outside_problem(entry.path, images_dir)
-            if outside:
-                problems.append(f"{images_dir.name}/{entry.name} {outside}")
-                continue
-            by_stem[stem].append(Path(entry.path))
+    by_stem = scan_images(images_dir, images_dir, problems)
 
     name = csv_path.name
     seen: dict[str, int] = {}
@@ -75,7 +45,7 @@ def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.Da
         if unsafe:
             problems.append(f"{where}: image name {unsafe}; it must be a bare name like ISIC_0024306")
             continue
-        values = {c: _one_hot_value(fields[col[c]]) for c in CLASS_COLUMNS}
+        values = {c: one_hot_value(fields[col[c]]) for c in CLASS_COLUMNS}
         bad = [f"{c}={fields[col[c]]!r}" for c, v in values.items() if v is None]
         ones = [c for c, v in values.items() if v == 1.0]
         if bad:

@@ -20,15 +20,13 @@ Decisions, each kept visible in ``df.attrs``:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 
-from qana_keras.data.ham10000 import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
-                                     unsafe_name_problem)
-from qana_keras.data.isic2018 import _one_hot_value
+from qana_keras.data.ham10000 import DatasetError, link_outside_problem, read_csv_rows, unsafe_name_problem
+from qana_keras.data.layout import one_hot_value, read_table, scan_images
 
 SOURCE = "isic2019"
 IMAGES_DIR = "ISIC_2019_Training_Input"
@@ -52,23 +50,13 @@ def is_ham10000_id(image_id: str) -> bool:
     return image_id.startswith("ISIC_") and number.isdigit() and HAM10000_ID_RANGE[0] <= int(number) <= HAM10000_ID_RANGE[1]
 
 
-def _image_files(images_dir: Path, problems: list[str]) -> dict[str, list[Path]]:
-    """Image files by stem; a link pointing out of the folder is a problem, not an image."""
-    by_stem: dict[str, list[Path]] = defaultdict(list)
-    for entry in os.scandir(images_dir):
-        stem, ext = os.path.splitext(entry.name)
-        if entry.is_file() and not entry.name.startswith(".") and ext.lower() in IMAGE_EXTENSIONS:
-            outside = entry.is_symlink() and link_outside_problem(entry.path, images_dir)
-            if outside:
-                problems.append(f"{IMAGES_DIR}/{entry.name} {outside}")
-                continue
-            by_stem[stem].append(Path(entry.path))
-    return by_stem
-
-
-def _lesion_ids(csv_path: Path, problems: list[str]) -> dict[str, str]:
+def _lesion_ids(csv_path: Path, root: Path, problems: list[str]) -> dict[str, str]:
     """image id -> lesion_id from the metadata CSV (empty values left out); {} when the file is absent."""
     if not csv_path.is_file():
+        return {}
+    outside = csv_path.is_symlink() and link_outside_problem(csv_path, root)
+    if outside:
+        problems.append(f"{csv_path.name} {outside}")
         return {}
     parsed = read_csv_rows(csv_path, problems)
     if parsed is None:
@@ -92,17 +80,8 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
     root = Path(root).expanduser().absolute()
     csv_path, images_dir = root / GROUND_TRUTH_FILE, root / IMAGES_DIR
     hint = f"put the ISIC 2019 training data in {root}: {GROUND_TRUTH_FILE} and {IMAGES_DIR}/ (see data/README.md)"
-    if not csv_path.is_file():
-        raise DatasetError(f"{csv_path} not found; {hint}")
-    if not images_dir.is_dir():
-        raise DatasetError(f"{images_dir}/ not found; {hint}")
     problems: list[str] = []
-    parsed = read_csv_rows(csv_path, problems)
-    if parsed is None:
-        raise DatasetError(f"{csv_path} is unreadable", problems)
-    header, rows = parsed
-    if not rows:
-        raise DatasetError(f"{csv_path} has a header but no rows: the data set is empty; {hint}")
+    header, rows = read_table(csv_path, images_dir, root, hint, problems)
     expected = ["image", *CLASS_COLUMNS]
     unknown = [c for c in header if c not in expected]
     missing = [c for c in expected if c not in header and c != "UNK"]  # UNK is absent from some copies
@@ -110,8 +89,8 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
         raise DatasetError(f"{csv_path}: header {','.join(header)!r} does not match the ISIC 2019 ground truth "
                            f"({','.join(expected)}): unknown {unknown}, missing {missing}")
     col = {c: i for i, c in enumerate(header)}
-    lesions = _lesion_ids(root / METADATA_FILE, problems)
-    files = _image_files(images_dir, problems)
+    lesions = _lesion_ids(root / METADATA_FILE, root, problems)
+    files = scan_images(images_dir, root, problems)
     ham_image_ids, ham_lesion_ids = ham_image_ids or set(), ham_lesion_ids or set()
 
     seen: dict[str, int] = {}
@@ -123,7 +102,7 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
         if unsafe:
             problems.append(f"{where}: image name {unsafe}; it must be a bare name like ISIC_0000000")
             continue
-        values = {c: _one_hot_value(fields[col[c]]) for c in CLASS_COLUMNS if c in col}
+        values = {c: one_hot_value(fields[col[c]]) for c in CLASS_COLUMNS if c in col}
         bad = [f"{c}={fields[col[c]]!r}" for c, v in values.items() if v is None]
         ones = [c for c, v in values.items() if v == 1.0]
         if bad or len(ones) != 1:
@@ -136,13 +115,8 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
                             f"{DOWNSAMPLED_SUFFIX!r}, or repeat); remove one of the rows")
             continue
         seen[image_id] = line
-        matches = files.get(image, []) or files.get(image_id, [])
-        if len(matches) != 1:
-            problems.append(f"{where}: " + (f"no image file {image}.jpg in {IMAGES_DIR}/; put it there or remove "
-                                            "the row" if not matches else
-                                            f"{len(matches)} files match ({', '.join(p.name for p in matches)}); keep one"))
-            continue
         lesion_id = lesions.get(image_id, "")
+        # Rows left out need no file: a copy of the full release without its HAM10000 or SCC images is fine.
         if is_ham10000_id(image_id) or image_id in ham_image_ids or lesion_id in ham_lesion_ids \
                 or lesion_id.startswith("HAM_"):
             ham_copies += 1
@@ -150,6 +124,12 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
         dx = CLASS_COLUMNS[ones[0]]
         if dx is None:
             no_ham_class[ones[0]] += 1
+            continue
+        matches = files.get(image, []) or files.get(image_id, [])
+        if len(matches) != 1:
+            problems.append(f"{where}: " + (f"no image file {image}.jpg in {IMAGES_DIR}/; put it there or remove "
+                                            "the row" if not matches else
+                                            f"{len(matches)} files match ({', '.join(p.name for p in matches)}); keep one"))
             continue
         records.append((image_id, lesion_id or f"{SOURCE}:{image_id}", dx, SOURCE, str(matches[0])))
     listed = {fields[col["image"]] for _, fields in rows} | set(seen)

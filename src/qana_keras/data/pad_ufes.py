@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 
-from qana_keras.data.ham10000 import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
-                                     unsafe_name_problem)
+from qana_keras.data.ham10000 import DatasetError, unsafe_name_problem
+from qana_keras.data.layout import read_table, scan_images
 
 log = logging.getLogger(__name__)
 
@@ -52,33 +51,15 @@ def load_metadata(root: str | Path) -> pd.DataFrame:
     csv_path, images_dir = root / METADATA_FILE, root / IMAGES_DIR
     hint = (f"put PAD-UFES-20 in {root}: {METADATA_FILE} and the images in {IMAGES_DIR}/ "
             "(see data/README.md)")
-    if not csv_path.is_file():
-        raise DatasetError(f"{csv_path} not found; {hint}")
-    if not images_dir.is_dir():
-        raise DatasetError(f"{images_dir}/ not found; {hint}")
     problems: list[str] = []
-    parsed = read_csv_rows(csv_path, problems)
-    if parsed is None:
-        raise DatasetError(f"{csv_path} is unreadable", problems)
-    header, rows = parsed
-    if not rows:
-        raise DatasetError(f"{csv_path} has a header but no rows: the data set is empty; {hint}")
+    header, rows = read_table(csv_path, images_dir, root, hint, problems)
     missing_cols = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing_cols:
         raise DatasetError(f"{csv_path}: missing column(s) {', '.join(missing_cols)}; use the original "
                            "PAD-UFES-20 metadata.csv")
     col = {c: i for i, c in enumerate(header)}
 
-    by_stem: dict[str, list[Path]] = defaultdict(list)
-    for entry in os.scandir(images_dir):
-        if entry.is_file() and not entry.name.startswith("."):
-            outside = entry.is_symlink() and link_outside_problem(entry.path, root)
-            if outside:
-                problems.append(f"{IMAGES_DIR}/{entry.name} {outside}")
-                continue
-            stem, ext = os.path.splitext(entry.name)
-            if ext.lower() in IMAGE_EXTENSIONS:
-                by_stem[stem].append(Path(entry.path))
+    by_stem = scan_images(images_dir, root, problems)
 
     seen: dict[str, int] = {}
     kept, paths, missing = [], [], []
