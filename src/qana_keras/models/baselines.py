@@ -20,8 +20,11 @@ from __future__ import annotations
 
 from qana_keras import CLASSES
 from qana_keras.config import ModelConfig
-from qana_keras.models import blocks, keras
-from qana_keras.models.qana import check_head_inputs, register
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tf_keras as keras
+
+from qana_keras.models import blocks
+from qana_keras.models.registry import check_head_inputs, register
 
 AKIDANET_ALPHAS = {"akidanet-0.25": 0.25, "akidanet-0.5": 0.5}
 

@@ -8,7 +8,8 @@ forms; they do not run on Akida and exist only for the ``qana-paper`` comparison
 """
 from __future__ import annotations
 
-from qana_keras.models import keras
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tf_keras as keras
 
 layers = keras.layers
 

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tf_keras as keras
+
 from qana_keras import CLASSES
 from qana_keras.config import ModelConfig
 from qana_keras.io import sha256_file
-from qana_keras.models import keras
-from qana_keras.models.qana import register
+from qana_keras.models.registry import register
 from qana_keras.models.torch_weights import UnsafeCheckpointError, read_legacy_state_dict
 
 layers = keras.layers

@@ -14,30 +14,14 @@ prefix up to the first gate can run on Akida.
 """
 from __future__ import annotations
 
-from typing import Callable
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tf_keras as keras
 
 from qana_keras import CLASSES
 from qana_keras.config import ModelConfig
-from qana_keras.models import blocks, keras
-
-MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {}
-
-
-def register(name: str):
-    def wrap(builder):
-        MODEL_BUILDERS[name] = builder
-        return builder
-    return wrap
-
-
-def build_model(config: ModelConfig, input_size: int = 64, num_classes: int = len(CLASSES)) -> keras.Model:
-    """Build the variant named by ``config.variant``."""
-    try:
-        builder = MODEL_BUILDERS[config.variant]
-    except KeyError:
-        raise ValueError(f"unknown model variant {config.variant!r}; known: {sorted(MODEL_BUILDERS)}") from None
-    return builder(config, input_size=input_size, num_classes=num_classes)
-
+from qana_keras.models import blocks
+from qana_keras.models.registry import (AKIDA_DENSE_INPUTS, MODEL_BUILDERS, build_model,  # noqa: F401 (public here too)
+                                        check_head_inputs, register)
 
 def _stem(config: ModelConfig, input_size: int):
     """Input uint8 pixels -> Rescaling -> stem conv, after checking the size fits one pool per stage."""
@@ -72,10 +56,6 @@ def build_qana(config: ModelConfig, input_size: int = 64, num_classes: int = len
     return keras.Model(inputs, outputs, name="qana")
 
 
-AKIDA_DENSE_INPUTS = 2048
-"""A hardware Akida 2.0 dense layer (FNP) reads at most this many values: 4x4x256 = 4096 does not map."""
-
-
 def head_stride(side: int, config: ModelConfig) -> int:
     """Stride of the spike transform's depthwise conv for a ``side`` x ``side`` backbone output.
 
@@ -88,17 +68,6 @@ def head_stride(side: int, config: ModelConfig) -> int:
     if side * side * config.head_channels > AKIDA_DENSE_INPUTS and side > config.head_grid:
         return 2
     return 1
-
-
-def check_head_inputs(x, config: ModelConfig) -> None:
-    """Refuse a head whose Flatten -> Dense would read more values than one Akida hardware dense layer."""
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    if h * w * c > AKIDA_DENSE_INPUTS:
-        fit = AKIDA_DENSE_INPUTS // (h * w)
-        raise ValueError(f"head reads {h}x{w}x{c} = {h * w * c} values, over the {AKIDA_DENSE_INPUTS} inputs of an Akida "
-                         f"hardware dense layer: lower model.head_channels (at most {fit} on a {h}x{w} map) or "
-                         f"the input size (a map over model.head_grid={config.head_grid} is halved once by a stride-2 "
-                         "depthwise conv, never more)")
 
 
 @register("qana-paper")
@@ -133,7 +102,3 @@ def build_qana_akd1000(config: ModelConfig, input_size: int = 64, num_classes: i
     x = blocks.separable_bn_act(x, config.widths[-1], SPIKE_LAYER.split("/")[0], pool=False, max_value=1.0)
     outputs = blocks.classifier_head(x, num_classes, config.dropout)
     return keras.Model(inputs, outputs, name="qana_akd1000")
-
-
-# Baselines register themselves into MODEL_BUILDERS on import (kept in their own file).
-from qana_keras.models import baselines, pretrained  # noqa: E402,F401
