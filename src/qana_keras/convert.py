@@ -41,13 +41,16 @@ from qana_keras.io import RunFolderError, atomic_path, read_json, write_json
 from qana_keras.models.pretrained import LITE0_CUTS
 from qana_keras.safe_load import file_record
 
-HARDWARE_NATIVE = frozenset({"qana", "plain-cnn", "akidanet-0.25", "akidanet-0.5", "qana-akd1000",
+HARDWARE_NATIVE = frozenset({"qana", "plain-cnn", "plain-cnn-v1", "akidanet-0.25", "akidanet-0.5", "qana-akd1000",
                              *(f"lite0-b{block}" for block in LITE0_CUTS)})
 """Variants declared to run entirely on Akida: conversion fails loudly if any layer stays float."""
 
+AKIDA_V1_VARIANTS = frozenset({"qana-akd1000", "plain-cnn-v1"})
+"""Variants for Akida 1.0 (AKD1000, AKD1500: the chips people own): 4 bits, per-tensor activations, converted
+with cnn2snn's ``AkidaVersion.v1``."""
+
 AKIDA_V1_SPIKE_LAYERS = {"qana-akd1000": "spike/relu"}
-"""Variants for Akida 1.0 (AKD1000): 4 bits, per-tensor activations, and this layer's output quantized to
-1 bit (the spike layer that on-chip learning reads). They convert with cnn2snn's ``AkidaVersion.v1``."""
+"""Akida 1.0 variants with a spike layer whose output is quantized to 1 bit (what on-chip learning reads)."""
 
 # Fidelity targets of the integer model against the float one (issue 4). Post-training quantization
 # that misses any of them on validation triggers quantization-aware fine-tuning.
@@ -281,18 +284,19 @@ def _per_tensor_config(qmodel: keras.Model, producers: list[str]) -> dict:
 
 def quantize_model(model: keras.Model, samples: np.ndarray, bits: int = 8, batch_size: int = 100,
                    epochs: int = 1, quantize_until: str | None = None, spike_layer: str | None = None,
-                   log=print) -> keras.Model:
+                   akida_v1: bool = False, log=print) -> keras.Model:
     """quantizeml ``quantize`` calibrated on ``samples`` (uint8 images); quantizeml's warnings go to ``log``.
 
-    ``spike_layer`` targets Akida 1.0: 4-bit per-tensor parameters and that layer's output at 1 bit.
+    ``akida_v1`` (or a ``spike_layer``) targets Akida 1.0: 4-bit per-tensor parameters; a ``spike_layer``'s output
+    is quantized to 1 bit.
     """
     from quantizeml.models import quantize
 
-    v1 = spike_layer is not None
+    v1 = akida_v1 or spike_layer is not None
     qparams = quantization_params(bits, akida_v1=v1)
     with warnings.catch_warnings(record=True) as caught, akida_version(v1):
         warnings.simplefilter("always")
-        q_config = spike_config(model, qparams, spike_layer) if v1 else None
+        q_config = spike_config(model, qparams, spike_layer) if spike_layer else None
         qmodel = quantize(model, q_config=q_config, qparams=qparams, samples=samples, num_samples=len(samples),
                           batch_size=batch_size, epochs=epochs, quantize_until=quantize_until)
         misaligned = misaligned_flatten_inputs(qmodel)
@@ -351,7 +355,8 @@ def quantize_for_akida(model: keras.Model, samples: np.ndarray, variant: str, bi
         else:
             log(f"{variant} is not hardware-native: Akida prefix up to '{cut}', float tail on the host")
     qmodel = quantize_model(model, samples, bits, batch_size, epochs, quantize_until=cut,
-                            spike_layer=AKIDA_V1_SPIKE_LAYERS.get(variant), log=log)
+                            spike_layer=AKIDA_V1_SPIKE_LAYERS.get(variant), akida_v1=variant in AKIDA_V1_VARIANTS,
+                            log=log)
     if native:
         check_hardware_native(qmodel, variant)
     return qmodel, cut
@@ -371,7 +376,7 @@ def to_akida(qmodel: keras.Model, strict: bool, variant: str = "model", expected
     """
     import cnn2snn
 
-    with warnings.catch_warnings(record=True) as caught, akida_version(variant in AKIDA_V1_SPIKE_LAYERS):
+    with warnings.catch_warnings(record=True) as caught, akida_version(variant in AKIDA_V1_VARIANTS):
         warnings.simplefilter("always")
         akida_model = cnn2snn.convert(qmodel)
     stops = _stop_messages(caught)
@@ -604,7 +609,7 @@ def variant_needs_4_bits(run_dir: Path, bits: int) -> bool:
 
     config_file = Path(run_dir) / "config.yaml"
     return (bits != 4 and config_file.exists()
-            and load_config(config_file).model.variant in AKIDA_V1_SPIKE_LAYERS)
+            and load_config(config_file).model.variant in AKIDA_V1_VARIANTS)
 
 
 def _calibration_indices(n: int, count: int, seed: int) -> np.ndarray:
@@ -635,8 +640,8 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     and ``qat_epochs`` > 0, quantization-aware fine-tuning runs (see ``quantization_aware_finetune``):
     all ``qat_epochs`` with the best on validation kept, or until validation meets every target with
     ``qat_stop_when_met`` (faster; on the reference run that first epoch had less margin on test). ``data_config``
-    overrides the run's data settings (tests). Akida 1.0 variants (``AKIDA_V1_SPIKE_LAYERS``, bits=4) first get
-    their spike layer tuned to fire on ``spike_rate`` of its positions (``edge.tune_spike_rate``). ``quick``: the
+    overrides the run's data settings (tests). Akida 1.0 variants (``AKIDA_V1_VARIANTS``) need bits=4; those with a
+    spike layer (``AKIDA_V1_SPIKE_LAYERS``) first get it tuned to fire on ``spike_rate`` of its positions (``edge.tune_spike_rate``). ``quick``: the
     smoke profile (``QUICK_NOTE``): subsets of ``QUICK_MAX_IMAGES`` per split, at most ``QUICK_QAT_EPOCHS``.
     """
     if variant_needs_4_bits(run_dir, bits):

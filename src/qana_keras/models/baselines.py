@@ -53,6 +53,7 @@ for _name, _alpha in AKIDANET_ALPHAS.items():
                     build_akidanet(config, input_size, num_classes, alpha=_alpha))
 
 
+@register("plain-cnn-v1")  # the same network, converted for Akida 1.0 (AKD1000, AKD1500) at 4 bits
 @register("plain-cnn")
 def build_plain_cnn(config: ModelConfig, input_size: int = 64, num_classes: int = len(CLASSES)) -> keras.Model:
     """Plain CNN: Conv-BN-ReLU6-MaxPool per width, 1x1 projection to ``head_channels``, Flatten -> Dense."""
