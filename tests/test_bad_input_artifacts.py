@@ -175,6 +175,60 @@ def test_project_models_pass_the_allow_list(model_dir):
     assert model.output_shape == (None, 7)
 
 
+def _h5_zip_polyglot(h5: Path, out: Path, module: str) -> Path:
+    """``h5`` with a Keras v3 zip appended: h5py still reads it as HDF5, zipfile as a zip whose config.json
+    names ``module`` (the zip loader imports it: CVE-2025-1550 class)."""
+    import io
+    import json
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("metadata.json", json.dumps({"keras_version": "2.19.0"}))
+        z.writestr("config.json", json.dumps({"module": module, "class_name": "Payload", "config": {},
+                                              "registered_name": "Payload"}))
+        z.writestr("model.weights.h5", b"")
+    out.write_bytes(h5.read_bytes() + buffer.getvalue())
+    assert h5py.is_hdf5(str(out)) and zipfile.is_zipfile(out)
+    return out
+
+
+def test_hdf5_zip_polyglot_never_reaches_the_zip_loader(model_dir, tmp_path, monkeypatch):
+    marker = tmp_path / "payload_ran"
+    (tmp_path / "qana_polyglot_payload.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    keras_named = _h5_zip_polyglot(model_dir[0] / "qana_float.h5", tmp_path / "model.keras", "qana_polyglot_payload")
+    with pytest.raises(ArtifactError, match=rf"^{re.escape(str(keras_named))}: not a \.h5 file"):
+        safe_load.load_keras_model(keras_named)
+    h5_named = tmp_path / "model.h5"
+    shutil.copy(keras_named, h5_named)
+    assert safe_load.load_keras_model(h5_named).output_shape == (None, 7)  # the HDF5 model, by the HDF5 loader
+    assert not marker.exists(), "the zip loader imported the payload module"
+
+
+def test_committed_quantized_model_loads_with_its_quantizeml_layers():
+    model = safe_load.load_keras_model(COMMITTED_QUANTIZED)
+    assert model.output_shape == (None, 7)
+    assert any(type(layer).__module__.startswith("quantizeml") for layer in model.layers)
+
+
+def _h5_with_config(path: Path, raw) -> Path:
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = raw
+    return path
+
+
+@pytest.mark.parametrize("raw, says", [(7, "is a int64, not JSON text"), (np.arange(3), "is a ndarray, not JSON"),
+                                       ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+                                       ('{"class_name": "Functional", "config": ' + '{"a": [' * 3000 + "1"
+                                        + "]}" * 3000 + "}", "nested too deeply")],
+                         ids=["int", "array", "deep-json", "deep-config"])
+def test_odd_model_config_is_an_artifact_error(tmp_path, raw, says):
+    path = _h5_with_config(tmp_path / "odd.h5", raw)
+    with pytest.raises(ArtifactError, match=rf"^{re.escape(str(path))}: .*{says}"):
+        safe_load.check_keras_artifact(path)
+
+
 def _text_h5(path: Path) -> Path:
     path.write_text("not a model\n")
     return path
@@ -281,6 +335,17 @@ def test_probe_result_is_cached_per_file_state(tmp_path):
     path.write_bytes(COMMITTED_FBZ.read_bytes()[:3000])  # a new size and mtime: probed again, and refused
     with pytest.raises(ArtifactError, match="not a readable Akida model"):
         safe_load.check_akida_artifact(path)
+
+
+def test_probe_child_ignores_an_akida_py_in_the_current_folder(tmp_path, monkeypatch):
+    """``python -c`` puts the current folder first on sys.path; the probe runs isolated (``-I``)."""
+    marker = tmp_path / "shadow_ran"
+    (tmp_path / "akida.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "qana.fbz"
+    shutil.copy(COMMITTED_FBZ, path)
+    safe_load.check_akida_artifact(path)
+    assert not marker.exists(), "the probe imported ./akida.py"
 
 
 def test_recorded_checksum_is_verified(tmp_path):
