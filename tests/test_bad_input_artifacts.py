@@ -447,3 +447,35 @@ def test_debug_flag_shows_the_traceback(model_dir, tmp_path):
     with pytest.raises(ArtifactError, match="not an HDF5 file"):
         main(["--debug", "evaluate", "--model", str(path), "--data", str(model_dir[1]), "--json",
               str(tmp_path / "out.json")])
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. classes.json: one reader (io.read_classes) for predict, learn and the hardware table
+
+
+@pytest.mark.parametrize("content", [{"classes": ["bcc", "akiec"]}, ["bcc", "akiec"]], ids=["object", "list"])
+def test_classes_json_as_written_or_as_a_bare_list(tmp_path, content):
+    from qana_keras.io import read_classes, write_json
+    from qana_keras.learn import _check_classes
+    from qana_keras.predict import model_classes
+
+    write_json(tmp_path / "classes.json", content)
+    assert read_classes(tmp_path) == model_classes(tmp_path / "m.fbz") == ("bcc", "akiec")
+    assert _check_classes(tmp_path, 2) == ["bcc", "akiec"]
+    assert read_classes(tmp_path / "elsewhere") is None
+
+
+@pytest.mark.parametrize("content, says", [({"classes": ["akiec", "cat"]}, "unknown class(es) ['cat']"),
+                                           (["nv", "nv"], "a class named twice"),
+                                           ({"names": ["nv"]}, "expected {\"classes\": [names in output order]}"),
+                                           ({"classes": []}, "expected {\"classes\"")])
+def test_bad_classes_json_is_one_line_naming_the_file(tmp_path, content, says):
+    from qana_keras.io import write_json
+    from qana_keras.learn import LearnError, _check_classes
+    from qana_keras.predict import model_classes
+
+    write_json(tmp_path / "classes.json", content)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'classes.json'))}: {re.escape(says)}"):
+        model_classes(tmp_path / "m.fbz")
+    with pytest.raises(LearnError, match=rf"^{re.escape(str(tmp_path / 'classes.json'))}: {re.escape(says)}"):
+        _check_classes(tmp_path, 2)
