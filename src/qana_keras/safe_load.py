@@ -203,6 +203,13 @@ def conversion_reports(folder: Path):
         yield candidate, report
 
 
+def reports_naming(fbz: str | Path) -> list[tuple[Path, dict]]:
+    """(path, report) of each ``conversion*.json`` beside ``fbz`` whose Akida artifact is ``fbz``."""
+    fbz = Path(fbz)
+    return [(path, report) for path, report in conversion_reports(fbz.parent)
+            if isinstance(report.get("artifacts"), dict) and report["artifacts"].get("akida") == fbz.name]
+
+
 def verify_recorded_checksum(path: Path) -> None:
     """If a ``conversion*.json`` beside ``path`` records its size and SHA-256, the file must still match."""
     path = Path(path)
