@@ -298,3 +298,32 @@ def test_corrupt_json_names_its_file(tmp_path):
     (w8.parent / "fidelity.json").write_text('{"split": "test", ')
     with pytest.raises(ValueError, match=r"^.*fidelity\.json: not valid JSON \(.*line 1\); fix or re-create it$"):
         integer_accuracy(w8)
+
+
+class _Refusing:
+    """An akida.Model stand-in whose ``map`` raises ``errors[mode name]`` (ValueError too, as akida does)."""
+
+    def __init__(self, errors):
+        self.errors, self.calls = errors, []
+
+    def map(self, device, hw_only=False, mode=None):
+        self.calls.append(None if device is None else getattr(mode, "name", mode))
+        if device is not None and getattr(mode, "name", None) in self.errors:
+            raise self.errors[mode.name]
+
+
+def test_map_hw_falls_back_to_hwpr_on_any_akida_error_and_deploy_uses_it():
+    import akida
+
+    from qana_keras.deploy import run_on_board
+    from qana_keras.devices import MapError, map_hw
+
+    model = _Refusing({"AllNps": ValueError("layer conv: too many NPs\ndetails")})
+    assert map_hw(model, object()) == akida.MapMode.HwPr and model.calls == ["AllNps", "HwPr"]
+    model = _Refusing({"AllNps": RuntimeError("no fit"), "HwPr": ValueError("layer conv: does not fit\nmore")})
+    with pytest.raises(MapError) as error:
+        map_hw(model, object())
+    assert error.value.errors == ["no fit", "layer conv: does not fit"]
+    board = type("Board", (), {"desc": "PCIe/NSoC_v2/0 (fake)"})()
+    with pytest.raises(DeviceError, match=r"does not map on board PCIe/NSoC_v2/0 \(fake\): layer conv: does not fit; "):
+        run_on_board(model, board, random_images(2), **QUIET)

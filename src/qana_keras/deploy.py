@@ -208,20 +208,15 @@ def fidelity_markdown(report: dict, title: str) -> str:
 def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, repeats: int = 5,
                  log=print) -> tuple[np.ndarray, dict]:
     """Map to ``board``, measure latency/power/energy (``devices.measure_board``), then the logits of ``images``."""
-    import akida
-
     from qana_keras.convert import HybridModel, predict_logits
-    from qana_keras.devices import DeviceError, measure_board
+    from qana_keras.devices import DeviceError, MapError, map_hw, measure_board
 
     akida_model = model.akida_model if isinstance(model, HybridModel) else model
     try:
-        akida_model.map(board, hw_only=True)
-    except RuntimeError:  # does not fit in one pass: let the board reconfigure between passes
-        try:
-            akida_model.map(board, hw_only=True, mode=akida.MapMode.HwPr)
-        except RuntimeError as error:
-            raise DeviceError(f"the model does not map on board {board.desc}: {str(error).splitlines()[0]}; run "
-                              "`qana hardware-table` or `qana deploy --device NAME` to see which devices fit") from None
+        map_hw(akida_model, board)  # one pass, else the board reconfigures between passes
+    except MapError as error:
+        raise DeviceError(f"the model does not map on board {board.desc}: {error}; run `qana hardware-table` or "
+                          "`qana deploy --device NAME` to see which devices fit") from None
     figures = {**measure_board(board, lambda x: predict_logits(model, x, batch_size), images, batch_size, repeats),
                "images": int(len(images)), "mapping": mapping_summary(akida_model)}
     if isinstance(model, HybridModel):
