@@ -417,3 +417,36 @@ def test_resume_after_a_kill_between_checkpoint_and_state(tmp_path):
     (run / "metrics.json").unlink()
     assert train(run, resume=True, log=_quiet) is not None
     assert [h["epoch"] for h in read_json(run / "state.json")["history"]] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------------------------------
+# One helper each: the mask digest (data.cache.files_digest) and the quick-profile fields (convert.quick_fields)
+
+
+def test_mask_crop_key_is_the_cache_digest_of_the_masks(tmp_path):
+    import pandas as pd
+
+    from qana_keras import crop
+    from qana_keras.config import Config
+    from qana_keras.data.cache import files_digest
+
+    assert not hasattr(crop, "_files_digest")  # no wrapper: crop calls data.cache.files_digest itself
+    masks = [tmp_path / f"ISIC_{i}_segmentation.png" for i in range(2)]
+    for i, path in enumerate(masks):
+        path.write_bytes(bytes([i]) * 10)
+    data = Config().data
+    data.crop, data.mask_dir = "mask", str(tmp_path)
+    params = crop.crop_cache_params(pd.DataFrame({"image_id": ["ISIC_0", "ISIC_1"]}), data)
+    assert params["masks"] == files_digest(masks)
+
+
+def test_quick_fields_are_built_in_one_place():
+    import inspect
+
+    from qana_keras import convert, deploy
+    from qana_keras.convert import QUICK_NOTE, quick_fields
+
+    assert quick_fields(True) == {"quick": True, "note": QUICK_NOTE} and quick_fields(False) == {"quick": False}
+    for module in (convert, deploy):  # neither module spells the dict out again
+        assert '{"note": QUICK_NOTE} if quick' not in inspect.getsource(module).replace(
+            inspect.getsource(convert.quick_fields), "")
