@@ -479,3 +479,14 @@ def test_bad_classes_json_is_one_line_naming_the_file(tmp_path, content, says):
         model_classes(tmp_path / "m.fbz")
     with pytest.raises(LearnError, match=rf"^{re.escape(str(tmp_path / 'classes.json'))}: {re.escape(says)}"):
         _check_classes(tmp_path, 2)
+
+
+@pytest.mark.parametrize("content", [b'{"artifacts": ', b"\xff\xfe{}"], ids=["cut", "not-utf8"])
+def test_corrupt_conversion_json_is_named_once(tmp_path, content):
+    shutil.copy(COMMITTED_FBZ, tmp_path / "qana.fbz")
+    (tmp_path / "conversion.json").write_bytes(content)
+    with pytest.raises(ArtifactError) as error:
+        load_model_any(tmp_path / "qana.fbz")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'conversion.json'}: not valid JSON (") and message.count("conversion.json") == 1
+    assert message.endswith("; fix or re-create it; or re-run qana convert")

@@ -42,12 +42,14 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path):
-    """The JSON in ``path``; a corrupt file is a ValueError that names it."""
+    """The JSON in ``path``; a corrupt file is a ValueError that names it (so callers need not add the name)."""
     with open(path) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); fix or re-create it") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not valid JSON (not UTF-8 text); fix or re-create it") from None
 
 
 def read_classes(folder: str | Path) -> tuple[str, ...] | None:

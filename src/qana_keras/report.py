@@ -150,8 +150,8 @@ def _read(path: Path) -> dict | None:
         return None
     try:
         return read_json(path)
-    except ValueError as error:
-        raise ReportError(f"{path} is not valid JSON ({error}); regenerate it") from None
+    except ValueError as error:  # read_json names the file
+        raise ReportError(str(error)) from None
 
 
 def discover_models(models_dir: str | Path) -> list[Path]:

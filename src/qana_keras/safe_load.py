@@ -196,8 +196,8 @@ def conversion_reports(folder: Path):
     for candidate in sorted(Path(folder).glob("conversion*.json")):
         try:
             report = read_json(candidate)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ArtifactError(f"{candidate}: not valid JSON ({error}); re-run qana convert") from None
+        except ValueError as error:  # read_json names the file
+            raise ArtifactError(f"{error}; or re-run qana convert") from None
         if not isinstance(report, dict):
             raise ArtifactError(f"{candidate}: not a conversion report (a JSON object); re-run qana convert")
         yield candidate, report
