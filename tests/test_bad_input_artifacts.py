@@ -488,5 +488,6 @@ def test_corrupt_conversion_json_is_named_once(tmp_path, content):
     with pytest.raises(ArtifactError) as error:
         load_model_any(tmp_path / "qana.fbz")
     message = str(error.value)
-    assert message.startswith(f"{tmp_path / 'conversion.json'}: not valid JSON (") and message.count("conversion.json") == 1
+    assert message.startswith(f"{tmp_path / 'conversion.json'}: not valid JSON (")
+    assert message.count("conversion.json") == 1
     assert message.endswith("; fix or re-create it; or re-run qana convert")
