@@ -160,6 +160,6 @@ def write_predictions_json(path: str | Path, result: Predictions) -> None:
                       "skipped": result.skipped})
 
 
-def report_skipped(result: Predictions, stream=sys.stderr) -> None:
-    for s in result.skipped:
-        print(f"skipped {s['file']}: {s['reason']}", file=stream)
+def report_skipped(result: Predictions, stream=None) -> None:
+    for s in result.skipped:  # sys.stderr looked up now, not at import (a redirected or captured stderr)
+        print(f"skipped {s['file']}: {s['reason']}", file=stream or sys.stderr)
