@@ -3,7 +3,8 @@
 Per model and device: one pass / N passes / does not map / "IP vN only", NPs used, program bytes; per model:
 IP version, MACs, ``compute_min_device`` sizes, and the HAM10000 test accuracy of the integer model read
 from the JSON its folder already holds (``integer_accuracy``; nothing is re-evaluated), and the chip figures
-of a ``board.json`` written by ``qana deploy`` on a board. Writes ``reports/hardware/hardware_table.md`` and
+of the ``board.json`` (``board_i8_w4_a4.json`` for a 4-bit model) written by ``qana deploy`` on a board for
+that model (``board_figures``). Writes ``reports/hardware/hardware_table.md`` and
 ``.json`` and, with ``readme``, the ``report:hardware-table`` block of the README.
 """
 from __future__ import annotations
