@@ -17,7 +17,11 @@ RUN ?= runs/qana
 CONFIG ?= configs/qana.yaml
 CROP_OUT ?= reports/crop/$(notdir $(RUN))
 ifeq ($(QUICK),1)
-TRAIN_FLAGS := --quick --overwrite
+# No --overwrite: it would move the last smoke run aside to runs/qana-quick.replaced-* on every `make all QUICK=1`.
+# The train recipe deletes runs/qana-quick itself instead (the project's own scratch folder, only when RUN is it),
+# so a RUN=... given on the command line is never replaced by a smoke run: train refuses a folder holding a run.
+QUICK_SCRATCH := runs/qana-quick
+TRAIN_FLAGS := --quick
 CONVERT_FLAGS := --quick --overwrite
 DEPLOY_FLAGS := --quick
 RUN := runs/qana-quick
@@ -63,6 +67,7 @@ cache: $(STAMP) ## decode and resize all images into cache/
 	$(QANA) data cache
 
 train: $(STAMP) ## train QANA into RUN (QUICK=1: a few-minute smoke run)
+	$(if $(and $(QUICK_SCRATCH),$(filter $(QUICK_SCRATCH),$(RUN))),rm -rf $(QUICK_SCRATCH))
 	$(QANA) train --config $(CONFIG) --run $(RUN) $(TRAIN_FLAGS)
 
 train-paper: $(STAMP) ## train the paper's gated QANA into runs/qana-paper

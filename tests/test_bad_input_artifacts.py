@@ -175,6 +175,60 @@ def test_project_models_pass_the_allow_list(model_dir):
     assert model.output_shape == (None, 7)
 
 
+def _h5_zip_polyglot(h5: Path, out: Path, module: str) -> Path:
+    """``h5`` with a Keras v3 zip appended: h5py still reads it as HDF5, zipfile as a zip whose config.json
+    names ``module`` (the zip loader imports it: CVE-2025-1550 class)."""
+    import io
+    import json
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("metadata.json", json.dumps({"keras_version": "2.19.0"}))
+        z.writestr("config.json", json.dumps({"module": module, "class_name": "Payload", "config": {},
+                                              "registered_name": "Payload"}))
+        z.writestr("model.weights.h5", b"")
+    out.write_bytes(h5.read_bytes() + buffer.getvalue())
+    assert h5py.is_hdf5(str(out)) and zipfile.is_zipfile(out)
+    return out
+
+
+def test_hdf5_zip_polyglot_never_reaches_the_zip_loader(model_dir, tmp_path, monkeypatch):
+    marker = tmp_path / "payload_ran"
+    (tmp_path / "qana_polyglot_payload.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    keras_named = _h5_zip_polyglot(model_dir[0] / "qana_float.h5", tmp_path / "model.keras", "qana_polyglot_payload")
+    with pytest.raises(ArtifactError, match=rf"^{re.escape(str(keras_named))}: not a \.h5 file"):
+        safe_load.load_keras_model(keras_named)
+    h5_named = tmp_path / "model.h5"
+    shutil.copy(keras_named, h5_named)
+    assert safe_load.load_keras_model(h5_named).output_shape == (None, 7)  # the HDF5 model, by the HDF5 loader
+    assert not marker.exists(), "the zip loader imported the payload module"
+
+
+def test_committed_quantized_model_loads_with_its_quantizeml_layers():
+    model = safe_load.load_keras_model(COMMITTED_QUANTIZED)
+    assert model.output_shape == (None, 7)
+    assert any(type(layer).__module__.startswith("quantizeml") for layer in model.layers)
+
+
+def _h5_with_config(path: Path, raw) -> Path:
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = raw
+    return path
+
+
+@pytest.mark.parametrize("raw, says", [(7, "is a int64, not JSON text"), (np.arange(3), "is a ndarray, not JSON"),
+                                       ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+                                       ('{"class_name": "Functional", "config": ' + '{"a": [' * 3000 + "1"
+                                        + "]}" * 3000 + "}", "nested too deeply")],
+                         ids=["int", "array", "deep-json", "deep-config"])
+def test_odd_model_config_is_an_artifact_error(tmp_path, raw, says):
+    path = _h5_with_config(tmp_path / "odd.h5", raw)
+    with pytest.raises(ArtifactError, match=rf"^{re.escape(str(path))}: .*{says}"):
+        safe_load.check_keras_artifact(path)
+
+
 def _text_h5(path: Path) -> Path:
     path.write_text("not a model\n")
     return path
@@ -283,6 +337,17 @@ def test_probe_result_is_cached_per_file_state(tmp_path):
         safe_load.check_akida_artifact(path)
 
 
+def test_probe_child_ignores_an_akida_py_in_the_current_folder(tmp_path, monkeypatch):
+    """``python -c`` puts the current folder first on sys.path; the probe runs isolated (``-I``)."""
+    marker = tmp_path / "shadow_ran"
+    (tmp_path / "akida.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "qana.fbz"
+    shutil.copy(COMMITTED_FBZ, path)
+    safe_load.check_akida_artifact(path)
+    assert not marker.exists(), "the probe imported ./akida.py"
+
+
 def test_recorded_checksum_is_verified(tmp_path):
     from qana_keras.io import write_json
 
@@ -382,3 +447,47 @@ def test_debug_flag_shows_the_traceback(model_dir, tmp_path):
     with pytest.raises(ArtifactError, match="not an HDF5 file"):
         main(["--debug", "evaluate", "--model", str(path), "--data", str(model_dir[1]), "--json",
               str(tmp_path / "out.json")])
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. classes.json: one reader (io.read_classes) for predict, learn and the hardware table
+
+
+@pytest.mark.parametrize("content", [{"classes": ["bcc", "akiec"]}, ["bcc", "akiec"]], ids=["object", "list"])
+def test_classes_json_as_written_or_as_a_bare_list(tmp_path, content):
+    from qana_keras.io import read_classes, write_json
+    from qana_keras.learn import _check_classes
+    from qana_keras.predict import model_classes
+
+    write_json(tmp_path / "classes.json", content)
+    assert read_classes(tmp_path) == model_classes(tmp_path / "m.fbz") == ("bcc", "akiec")
+    assert _check_classes(tmp_path, 2) == ["bcc", "akiec"]
+    assert read_classes(tmp_path / "elsewhere") is None
+
+
+@pytest.mark.parametrize("content, says", [({"classes": ["akiec", "cat"]}, "unknown class(es) ['cat']"),
+                                           (["nv", "nv"], "a class named twice"),
+                                           ({"names": ["nv"]}, "expected {\"classes\": [names in output order]}"),
+                                           ({"classes": []}, "expected {\"classes\"")])
+def test_bad_classes_json_is_one_line_naming_the_file(tmp_path, content, says):
+    from qana_keras.io import write_json
+    from qana_keras.learn import LearnError, _check_classes
+    from qana_keras.predict import model_classes
+
+    write_json(tmp_path / "classes.json", content)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'classes.json'))}: {re.escape(says)}"):
+        model_classes(tmp_path / "m.fbz")
+    with pytest.raises(LearnError, match=rf"^{re.escape(str(tmp_path / 'classes.json'))}: {re.escape(says)}"):
+        _check_classes(tmp_path, 2)
+
+
+@pytest.mark.parametrize("content", [b'{"artifacts": ', b"\xff\xfe{}"], ids=["cut", "not-utf8"])
+def test_corrupt_conversion_json_is_named_once(tmp_path, content):
+    shutil.copy(COMMITTED_FBZ, tmp_path / "qana.fbz")
+    (tmp_path / "conversion.json").write_bytes(content)
+    with pytest.raises(ArtifactError) as error:
+        load_model_any(tmp_path / "qana.fbz")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'conversion.json'}: not valid JSON (")
+    assert message.count("conversion.json") == 1
+    assert message.endswith("; fix or re-create it; or re-run qana convert")

@@ -346,6 +346,54 @@ def test_replaced_run_is_moved_aside_and_a_failed_start_can_be_retried(tmp_path)
     assert len(read_json(run / "state.json")["history"]) == 1
 
 
+def test_a_folder_with_only_a_config_yaml_is_not_a_failed_start(tmp_path):
+    """A failed start has config.yaml and versions.json (written together before any image): a user's folder
+    holding just a config.yaml (and logs/) is refused without --overwrite, not emptied."""
+    from test_train import tiny_config
+
+    from qana_keras.io import RunFolderError
+    from qana_keras.train import train
+
+    mine = tmp_path / "mine"
+    (mine / "logs").mkdir(parents=True)
+    (mine / "config.yaml").write_text("# my own settings\n")
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(mine, tiny_config(tmp_path, epochs=1), log=_quiet)
+    assert (mine / "config.yaml").read_text() == "# my own settings\n" and (mine / "logs").is_dir()
+
+
+def test_check_start_builds_the_model_without_imagenet_weights(tmp_path, monkeypatch):
+    from test_train import tiny_config
+
+    import qana_keras.train as train_module
+
+    built = []
+    real = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model",
+                        lambda model, **kw: built.append(model.pretrained) or real(model, **kw))
+    config = tiny_config(tmp_path, epochs=1)
+    assert config.model.pretrained
+    train_module.check_start(config, log=_quiet)
+    assert built == [False] and config.model.pretrained  # the caller's config is not changed
+
+
+def test_make_quick_deletes_only_its_own_scratch_run():
+    """`make all QUICK=1` trains without --overwrite (no runs/qana-quick.replaced-* pile-up) after deleting
+    runs/qana-quick itself; with another RUN it deletes nothing."""
+    import subprocess
+
+    from fixtures import REPO
+
+    def dry(*args):
+        return subprocess.run(["make", "-n", "-o", ".venv/.installed", "train", *args], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+
+    assert dry("QUICK=1") == ["rm -rf runs/qana-quick",
+                              ".venv/bin/qana train --config configs/qana.yaml --run runs/qana-quick --quick"]
+    assert dry("QUICK=1", "RUN=runs/mine") == [".venv/bin/qana train --config configs/qana.yaml --run runs/mine --quick"]
+    assert not any("rm " in line for line in dry())
+
+
 def test_resume_after_a_kill_between_checkpoint_and_state(tmp_path):
     """The checkpoint of epoch 2 is written, state.json still says 1 epoch (or is gone): resume redoes the
     missing epochs instead of crashing."""
@@ -369,3 +417,36 @@ def test_resume_after_a_kill_between_checkpoint_and_state(tmp_path):
     (run / "metrics.json").unlink()
     assert train(run, resume=True, log=_quiet) is not None
     assert [h["epoch"] for h in read_json(run / "state.json")["history"]] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------------------------------
+# One helper each: the mask digest (data.cache.files_digest) and the quick-profile fields (convert.quick_fields)
+
+
+def test_mask_crop_key_is_the_cache_digest_of_the_masks(tmp_path):
+    import pandas as pd
+
+    from qana_keras import crop
+    from qana_keras.config import Config
+    from qana_keras.data.cache import files_digest
+
+    assert not hasattr(crop, "_files_digest")  # no wrapper: crop calls data.cache.files_digest itself
+    masks = [tmp_path / f"ISIC_{i}_segmentation.png" for i in range(2)]
+    for i, path in enumerate(masks):
+        path.write_bytes(bytes([i]) * 10)
+    data = Config().data
+    data.crop, data.mask_dir = "mask", str(tmp_path)
+    params = crop.crop_cache_params(pd.DataFrame({"image_id": ["ISIC_0", "ISIC_1"]}), data)
+    assert params["masks"] == files_digest(masks)
+
+
+def test_quick_fields_are_built_in_one_place():
+    import inspect
+
+    from qana_keras import convert, deploy
+    from qana_keras.convert import QUICK_NOTE, quick_fields
+
+    assert quick_fields(True) == {"quick": True, "note": QUICK_NOTE} and quick_fields(False) == {"quick": False}
+    for module in (convert, deploy):  # neither module spells the dict out again
+        assert '{"note": QUICK_NOTE} if quick' not in inspect.getsource(module).replace(
+            inspect.getsource(convert.quick_fields), "")

@@ -55,12 +55,28 @@ def test_make_help_lists_every_documented_target():
     assert {"train-akd1000", "convert-akd1000", "notebooks", "predict", "all", "evaluate"} <= listed
 
 
-def test_evaluate_data_defaults_to_qana_data_dir(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("QANA_DATA_DIR", raising=False)
-    code = main(["evaluate", "--model", str(tmp_path / "m.fbz"), "--json", str(tmp_path / "e.json")])
-    assert code == 2 and "QANA_DATA_DIR" in capsys.readouterr().err
-    from qana_keras.cli import build_parser
+def test_evaluate_data_default_follows_the_format(tmp_path, monkeypatch, capsys):
+    """--data defaults to $QANA_DATA_DIR for ham10000, $QANA_PAD_UFES_DIR for pad-ufes-20, nothing for isic2018."""
+    import qana_keras.evaluate
 
+    seen = []
+    monkeypatch.setattr(qana_keras.evaluate, "evaluate_to_json", lambda *a, **k: seen.append((k["fmt"], k["data"])))
     monkeypatch.setenv("QANA_DATA_DIR", str(tmp_path / "ham"))
-    args = build_parser().parse_args(["evaluate", "--model", "m.fbz", "--json", "e.json"])
-    assert args.data == str(tmp_path / "ham")
+    monkeypatch.setenv("QANA_PAD_UFES_DIR", str(tmp_path / "pad"))
+
+    def run(*extra):
+        return main(["evaluate", "--model", str(tmp_path / "m.fbz"), "--json", str(tmp_path / "e.json"),
+                     "--no-figures", *extra])
+
+    assert run() == 0 and run("--format", "pad-ufes-20") == 0 and run("--format", "pad-ufes-20", "--data", "x") == 0
+    assert seen == [("ham10000", str(tmp_path / "ham")), ("pad-ufes-20", str(tmp_path / "pad")), ("pad-ufes-20", "x")]
+    capsys.readouterr()
+    assert run("--format", "isic2018") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: no isic2018 data folder: pass --data DIR (--format isic2018 has no default folder)"
+    monkeypatch.delenv("QANA_PAD_UFES_DIR")
+    assert run("--format", "pad-ufes-20") == 2
+    assert capsys.readouterr().err.strip().endswith("pass --data DIR or set QANA_PAD_UFES_DIR")
+    monkeypatch.delenv("QANA_DATA_DIR")
+    assert run() == 2 and "pass --data DIR or set QANA_DATA_DIR" in capsys.readouterr().err
+    assert len(seen) == 3

@@ -210,9 +210,10 @@ def test_hardware_table_from_model_folders(tmp_path, tiny_qana, tiny_v1):
     write_json(models / "group" / "v1" / "evaluate_akida_test.json", {
         "model": f"models/group/v1/{tiny_v1.name}", "split": "test", "format": "ham10000", "n_images": 40,
         "top1": 0.5, "balanced_accuracy": 0.4, "macro_f1": 0.3})
-    write_json(models / "group" / "v1" / "board.json", {
-        "measured_on_chip": True, "device": "PCIe/NSoC_v1/0", "batch_size": 100, "latency_ms_batch1": 1.5,
-        "latency_ms_per_image_batched": 0.5, "energy_mj_per_image": 0.25})
+    write_json(models / "group" / "v1" / "board_i8_w4_a4.json", {  # the board file of a 4-bit model
+        "model": f"models/group/v1/{tiny_v1.name}", "measured_on_chip": True, "device": "PCIe/NSoC_v1/0",
+        "batch_size": 100, "latency_ms_batch1": 1.5, "latency_ms_per_image_batched": 0.5,
+        "energy_mj_per_image": 0.25})
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n<!-- {BLOCK}:start -->\nold\n<!-- {BLOCK}:end -->\n\nafter\n")
 
@@ -235,3 +236,94 @@ def test_hardware_table_from_model_folders(tmp_path, tiny_qana, tiny_v1):
     assert "not measured (no board)" in md
     text = readme.read_text()
     assert "old" not in text and "| `models/tiny/qana.fbz` | v2 |" in text and text.endswith("after\n")
+
+
+_BOARD = {"measured_on_chip": True, "device": "PCIe/NSoC_v2/0", "batch_size": 100, "latency_ms_batch1": 1.0,
+          "latency_ms_per_image_batched": 0.4, "energy_mj_per_image": 0.2}
+_FIDELITY = {"split": "test", "n_images": 40, "models": {"akida": {"top1": 0.75, "balanced_accuracy": 0.5,
+                                                                    "macro_f1": 0.25}}}
+
+
+def _two_precisions(folder):
+    """A run folder with an 8-bit and a 4-bit model (their .fbz need not be real here) and their reports."""
+    folder.mkdir()
+    for suffix in ("", "_i8_w4_a4"):
+        (folder / f"qana{suffix}.fbz").write_bytes(b"fbz")
+        write_json(folder / f"conversion{suffix}.json", {"artifacts": {"akida": f"qana{suffix}.fbz"}, "hybrid": None})
+    return folder / "qana.fbz", folder / "qana_i8_w4_a4.fbz"
+
+
+def test_board_figures_follow_the_precision_and_the_named_model(tmp_path):
+    from qana_keras.hardware import board_figures
+
+    w8, w4 = _two_precisions(tmp_path / "run")
+    write_json(w8.parent / "board.json", {"model": str(w8), **_BOARD})
+    assert board_figures(w8)["latency_ms_batch1"] == 1.0
+    assert board_figures(w4) == {"measured_on_chip": False, "note": NO_BOARD_NOTE}  # not the 8-bit figures
+    write_json(w8.parent / "board_i8_w4_a4.json", {"model": str(w8), **_BOARD})  # names another file
+    assert board_figures(w4)["measured_on_chip"] is False
+    write_json(w8.parent / "board_i8_w4_a4.json", {"model": str(w4), **_BOARD, "latency_ms_batch1": 2.0})
+    assert board_figures(w4)["latency_ms_batch1"] == 2.0
+
+
+def test_integer_accuracy_skips_smoke_runs_and_names_a_partial_file(tmp_path):
+    from qana_keras.hardware import integer_accuracy
+
+    w8, _ = _two_precisions(tmp_path / "run")
+    write_json(w8.parent / "fidelity.json", {**_FIDELITY, "quick": True, "note": "SMOKE PROFILE"})
+    assert integer_accuracy(w8)["source"] is None
+    write_json(w8.parent / "fidelity.json", {**_FIDELITY, "quick": False})
+    assert integer_accuracy(w8)["top1"] == 0.75
+    write_json(w8.parent / "evaluate_akida_test.json", {"model": str(w8), "split": "test", "top1": 0.5})
+    with pytest.raises(ValueError, match=r"evaluate_akida_test\.json: no 'balanced_accuracy' in it"):
+        integer_accuracy(w8)
+
+
+def test_a_null_artifacts_report_is_not_a_crash(tmp_path):
+    from qana_keras.evaluate import _conversion_report_for
+    from qana_keras.hardware import integer_accuracy
+    from qana_keras.safe_load import reports_naming
+
+    w8, _ = _two_precisions(tmp_path / "run")
+    write_json(w8.parent / "conversion_old.json", {"artifacts": None})
+    assert [p.name for p, _ in reports_naming(w8)] == ["conversion.json"]
+    assert _conversion_report_for(w8)[0].name == "conversion.json"
+    assert integer_accuracy(w8)["source"] is None
+
+
+def test_corrupt_json_names_its_file(tmp_path):
+    from qana_keras.hardware import integer_accuracy
+
+    w8, _ = _two_precisions(tmp_path / "run")
+    (w8.parent / "fidelity.json").write_text('{"split": "test", ')
+    with pytest.raises(ValueError, match=r"^.*fidelity\.json: not valid JSON \(.*line 1\); fix or re-create it$"):
+        integer_accuracy(w8)
+
+
+class _Refusing:
+    """An akida.Model stand-in whose ``map`` raises ``errors[mode name]`` (ValueError too, as akida does)."""
+
+    def __init__(self, errors):
+        self.errors, self.calls = errors, []
+
+    def map(self, device, hw_only=False, mode=None):
+        self.calls.append(None if device is None else getattr(mode, "name", mode))
+        if device is not None and getattr(mode, "name", None) in self.errors:
+            raise self.errors[mode.name]
+
+
+def test_map_hw_falls_back_to_hwpr_on_any_akida_error_and_deploy_uses_it():
+    import akida
+
+    from qana_keras.deploy import run_on_board
+    from qana_keras.devices import MapError, map_hw
+
+    model = _Refusing({"AllNps": ValueError("layer conv: too many NPs\ndetails")})
+    assert map_hw(model, object()) == akida.MapMode.HwPr and model.calls == ["AllNps", "HwPr"]
+    model = _Refusing({"AllNps": RuntimeError("no fit"), "HwPr": ValueError("layer conv: does not fit\nmore")})
+    with pytest.raises(MapError) as error:
+        map_hw(model, object())
+    assert error.value.errors == ["no fit", "layer conv: does not fit"]
+    board = type("Board", (), {"desc": "PCIe/NSoC_v2/0 (fake)"})()
+    with pytest.raises(DeviceError, match=r"does not map on board PCIe/NSoC_v2/0 \(fake\): layer conv: does not fit; "):
+        run_on_board(model, board, random_images(2), **QUIET)

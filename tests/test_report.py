@@ -156,6 +156,28 @@ def test_report_from_committed_json_without_evaluating(tmp_path):
     assert (tmp_path / "reports" / "results_block.md").read_text().strip() in block
 
 
+def test_board_figures_in_the_hardware_block_and_on_chip_learning_stays_unmeasured(tmp_path):
+    from qana_keras.report import hardware_block, model_summary
+
+    folder = tmp_path / "qana"
+    shutil.copytree(COMMITTED, folder, ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
+    board = {"measured_on_chip": True, "device": "PCIe/NSoC_v2/0", "batch_size": 100, "latency_ms_batch1": 1.25,
+             "latency_ms_per_image_batched": 0.5, "throughput_images_per_second": 2000.0, "average_power_mw": 1100.0,
+             "energy_mj_per_image": 0.55}
+    write_json(folder / "deploy.json", {**read_json(COMMITTED / "deploy.json"), "board": board})
+    rows = {line.split(" | ")[1]: line for line in hardware_block([model_summary(folder)]).splitlines()
+            if line.startswith("| `models/qana`")}
+    assert "1.25 ms at batch 1, 0.50 ms/image at batch 100 on PCIe/NSoC_v2/0" in rows["Akida chip latency per image"]
+    assert "2000.0 images/s at batch 100" in rows["Akida chip throughput"]
+    (power,) = [line for item, line in rows.items() if item.startswith("power and energy")]
+    assert "0.550 mJ/image at 1100 mW average" in power
+    assert "not measured" in rows["on-chip learning on silicon"] and "measured on" not in rows["on-chip learning on silicon"]
+    write_json(folder / "deploy.json", {**read_json(COMMITTED / "deploy.json"), "board": {**board,
+               "energy_mj_per_image": None, "average_power_mw": None, "power_note": "the board exposes no SoC power meter"}})
+    rows = hardware_block([model_summary(folder)])
+    assert "not measured (the board exposes no SoC power meter) on PCIe/NSoC_v2/0" in rows
+
+
 def _study_readme(tmp_path, names=("head", "crop", "hardware-cost", "seeds", "ablations")):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- report:start -->\n<!-- report:end -->\n"

@@ -147,6 +147,10 @@ def cmd_hardware_table(args) -> int:
     return 0
 
 
+EVALUATE_DATA_VARIABLES = {"ham10000": "QANA_DATA_DIR", "pad-ufes-20": "QANA_PAD_UFES_DIR"}
+"""`qana evaluate --data` defaults per ``--format``: the environment variable naming that data set's root."""
+
+
 def cmd_evaluate(args) -> int:
     from qana_keras.evaluate import evaluate_to_json
 
@@ -155,9 +159,13 @@ def cmd_evaluate(args) -> int:
               "metadata (drop --ground-truth, or pass --format isic2018)", file=sys.stderr)
         return 2
 
+    if not args.data:  # the environment variable of this --format's data set; ISIC 2018 has none
+        variable = EVALUATE_DATA_VARIABLES.get(args.format)
+        args.data = os.environ.get(variable) if variable else None
     if not args.data:
-        print("error: no data folder: pass --data DIR or set QANA_DATA_DIR (e.g. export "
-              "QANA_DATA_DIR=/path/to/ham10000)", file=sys.stderr)
+        print(f"error: no {args.format} data folder: pass --data DIR"
+              + (f" or set {variable}" if variable else " (--format isic2018 has no default folder)"),
+              file=sys.stderr)
         return 2
     evaluate_to_json(args.json, figures=not args.no_figures, model_path=args.model, data=args.data, fmt=args.format,
                      split=args.split, split_file=args.split_file, ground_truth=args.ground_truth,
@@ -435,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "folder: metrics with lesion-bootstrap intervals, ROC, subgroups")
     p.add_argument("--model", required=True, help=".h5 (float or quantized Keras) or .fbz (Akida); its config.yaml "
                                                   "must be beside it")
-    p.add_argument("--data", default=os.environ.get("QANA_DATA_DIR"),
-                   help="HAM10000 root, PAD-UFES-20 root (metadata.csv + images/), or ISIC 2018 image folder (or its "
-                        "parent); default $QANA_DATA_DIR")
+    p.add_argument("--data", help="HAM10000 root, PAD-UFES-20 root (metadata.csv + images/), or ISIC 2018 image "
+                                  "folder (or its parent); default $QANA_DATA_DIR for ham10000, $QANA_PAD_UFES_DIR "
+                                  "for pad-ufes-20, none for isic2018")
     p.add_argument("--format", choices=FORMATS, default="ham10000",
                    help="pad-ufes-20: SCC has no HAM class; it is left out of the metrics, reported under 'excluded'")
     p.add_argument("--split", choices=("train", "val", "test"), help="HAM10000 only: one split of the split file")

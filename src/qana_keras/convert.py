@@ -74,6 +74,11 @@ class ConversionError(RuntimeError):
 # Precision and artifact names
 
 
+def quick_fields(quick: bool) -> dict:
+    """What every report of a run made with ``--quick`` starts with: ``quick`` and, if set, ``QUICK_NOTE``."""
+    return {"quick": quick, **({"note": QUICK_NOTE} if quick else {})}
+
+
 def precision_tag(bits: int) -> str:
     """``i8_w8_a8`` / ``i8_w4_a4``: input-layer weight bits, weight bits, activation bits."""
     if bits not in (8, 4):
@@ -748,8 +753,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     with atomic_path(paths["akida"]) as tmp:
         akida_model.save(str(tmp))
     report = {
-        "quick": quick,
-        **({"note": QUICK_NOTE} if quick else {}),
+        **quick_fields(quick),
         "variant": variant,
         "precision": precision_tag(bits),
         "hardware_native": native,

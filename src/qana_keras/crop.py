@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from qana_keras import CLASSES
+from qana_keras.data.cache import files_digest
 from qana_keras.data.ham10000 import read_rgb
 from qana_keras.io import atomic_path
 
@@ -229,12 +230,6 @@ def default_mask_dir(data_config) -> str:
     return data_config.mask_dir or str(Path(data_config.data_dir) / MASK_DIR)
 
 
-def _files_digest(paths) -> str:
-    from qana_keras.data.cache import files_digest  # content, not size and mtime: see data/cache.py
-
-    return files_digest(paths)
-
-
 def crop_cache_params(meta, data_config) -> dict:
     """What the crops depend on besides the images and the size: mode, parameters, saliency model or masks."""
     from qana_keras.saliency import file_sha256
@@ -257,7 +252,7 @@ def crop_cache_params(meta, data_config) -> dict:
         if missing:
             raise FileNotFoundError(f"data.crop=mask: {len(missing)} lesion masks missing, e.g. {missing[0]}; set "
                                     f"data.mask_dir to the folder of the official masks ({MASK_DIR})")
-        return {"crop": mode, "masks": _files_digest(paths), **params}
+        return {"crop": mode, "masks": files_digest(paths), **params}  # content, not size and mtime
     raise ValueError(f"unknown data.crop {mode!r}; use one of {', '.join(CROP_MODES)}")
 
 

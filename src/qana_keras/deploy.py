@@ -208,20 +208,15 @@ def fidelity_markdown(report: dict, title: str) -> str:
 def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, repeats: int = 5,
                  log=print) -> tuple[np.ndarray, dict]:
     """Map to ``board``, measure latency/power/energy (``devices.measure_board``), then the logits of ``images``."""
-    import akida
-
     from qana_keras.convert import HybridModel, predict_logits
-    from qana_keras.devices import DeviceError, measure_board
+    from qana_keras.devices import DeviceError, MapError, map_hw, measure_board
 
     akida_model = model.akida_model if isinstance(model, HybridModel) else model
     try:
-        akida_model.map(board, hw_only=True)
-    except RuntimeError:  # does not fit in one pass: let the board reconfigure between passes
-        try:
-            akida_model.map(board, hw_only=True, mode=akida.MapMode.HwPr)
-        except RuntimeError as error:
-            raise DeviceError(f"the model does not map on board {board.desc}: {str(error).splitlines()[0]}; run "
-                              "`qana hardware-table` or `qana deploy --device NAME` to see which devices fit") from None
+        map_hw(akida_model, board)  # one pass, else the board reconfigures between passes
+    except MapError as error:
+        raise DeviceError(f"the model does not map on board {board.desc}: {error}; run `qana hardware-table` or "
+                          "`qana deploy --device NAME` to see which devices fit") from None
     figures = {**measure_board(board, lambda x: predict_logits(model, x, batch_size), images, batch_size, repeats),
                "images": int(len(images)), "mapping": mapping_summary(akida_model)}
     if isinstance(model, HybridModel):
@@ -252,7 +247,8 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     import akida
 
     from qana_keras.config import load_config
-    from qana_keras.convert import QUICK_MAX_IMAGES, QUICK_NOTE, HybridModel, load_converted, precision_tag
+    from qana_keras.convert import (QUICK_MAX_IMAGES, QUICK_NOTE, HybridModel, load_converted, precision_tag,
+                                    quick_fields)
     from qana_keras.data.dataset import load_splits, run_classes
     from qana_keras.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
                                     min_device_report, not_measured, parse_device)
@@ -299,8 +295,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
         log(QUICK_NOTE)
     test = load_splits(config.data, max_images=QUICK_MAX_IMAGES if quick else 0, seed=config.train.seed,
                        log=log)["test"]
-    quick_fields = {"quick": quick, **({"note": QUICK_NOTE} if quick else {})}
-    out = {**quick_fields, **out}
+    out = {**quick_fields(quick), **out}
     if board is not None:
         a_logits, figures = run_on_board(ak, board, test.images, batch_size, repeats, log=log)
         out["board"] = out["chip_measurements"] = figures
@@ -320,8 +315,8 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
               "akida": a_logits}
     fidelity = fidelity_report(test.labels, test.frame["lesion_id"].to_numpy(), logits, report["r_succ"],
                                seed=config.train.seed, classes=classes)
-    fidelity = {**quick_fields, "variant": converted["variant"], "precision": report["precision"], "split": "test",
-                "akida_backend": backend, **fidelity}
+    fidelity = {**quick_fields(quick), "variant": converted["variant"], "precision": report["precision"],
+                "split": "test", "akida_backend": backend, **fidelity}
     write_json(run_dir / f"fidelity{suffix}.json", fidelity)
     title = f"{converted['variant']} {report['precision']}: float vs quantized vs Akida (test split)"
     markdown = fidelity_markdown(fidelity, title)

@@ -139,9 +139,19 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
 
 
-def map_device(model, device) -> dict:
-    """Map ``model`` on ``device`` in one hardware sequence: one pass (``MapMode.AllNps``), else several passes
-    (``MapMode.HwPr``), else the akida error. Leaves the model unmapped (a virtual device cannot run it)."""
+class MapError(Exception):
+    """``map_hw`` found no mode that maps the model; ``errors``: the first line of akida's error per mode tried."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__(errors[-1])
+        self.errors = errors
+
+
+def map_hw(model, device):
+    """Map ``model`` on ``device`` in one hardware sequence (``hw_only=True``): one pass (``MapMode.AllNps``), else
+    several passes with partial reconfiguration (``MapMode.HwPr``). Returns the mode used, the model left mapped;
+    raises ``MapError`` if neither maps (akida raises RuntimeError or ValueError naming the layer that does not fit).
+    """
     import akida
 
     errors = []
@@ -149,18 +159,27 @@ def map_device(model, device) -> dict:
     for mode in (akida.MapMode.AllNps, akida.MapMode.HwPr):
         try:
             model.map(device, hw_only=True, mode=mode)
-            summary = mapping_summary(model)
-        except Exception as error:  # akida raises RuntimeError/ValueError naming the layer that does not fit
+            return mode
+        except Exception as error:  # noqa: BLE001  (any akida mapping failure: try the next mode)
             errors.append(_first_line(error))
-            continue
-        finally:
-            model.map(None)
-        one = summary["passes"] == 1
-        label = "one pass" if one else f"{summary['passes']} passes ({mode.name})"
-        return {"status": "one-pass" if one else "multi-pass", "label": label, "ok": True,
-                "single_pass": one, "mode": mode.name, "error": None, **summary}
-    return {"status": "no-map", "label": "does not map", "ok": False, "single_pass": False, "mode": None,
-            "error": errors[-1], "errors": errors}
+    raise MapError(errors)
+
+
+def map_device(model, device) -> dict:
+    """Map ``model`` on ``device`` (``map_hw``) and report how; leaves the model unmapped (a virtual device cannot
+    run it)."""
+    try:
+        mode = map_hw(model, device)
+        summary = mapping_summary(model)
+    except MapError as error:
+        return {"status": "no-map", "label": "does not map", "ok": False, "single_pass": False, "mode": None,
+                "error": error.errors[-1], "errors": error.errors}
+    finally:
+        model.map(None)
+    one = summary["passes"] == 1
+    label = "one pass" if one else f"{summary['passes']} passes ({mode.name})"
+    return {"status": "one-pass" if one else "multi-pass", "label": label, "ok": True,
+            "single_pass": one, "mode": mode.name, "error": None, **summary}
 
 
 def map_report(model, device: StandardDevice) -> dict:

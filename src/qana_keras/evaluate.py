@@ -54,12 +54,9 @@ def load_model_any(path: str | Path):
 
 def _conversion_report_for(fbz: Path) -> tuple[Path, dict] | None:
     """(path, report) of the conversion.json (or conversion_<tag>.json) that names ``fbz`` as its Akida artifact."""
-    from qana_keras.safe_load import conversion_reports
+    from qana_keras.safe_load import reports_naming
 
-    for candidate, report in conversion_reports(fbz.parent):
-        if (report.get("artifacts") or {}).get("akida") == fbz.name:
-            return candidate, report
-    return None
+    return next(iter(reports_naming(fbz)), None)
 
 
 def model_image_size(model_path: str | Path, model=None) -> int:

@@ -3,7 +3,8 @@
 Per model and device: one pass / N passes / does not map / "IP vN only", NPs used, program bytes; per model:
 IP version, MACs, ``compute_min_device`` sizes, and the HAM10000 test accuracy of the integer model read
 from the JSON its folder already holds (``integer_accuracy``; nothing is re-evaluated), and the chip figures
-of a ``board.json`` written by ``qana deploy`` on a board. Writes ``reports/hardware/hardware_table.md`` and
+of the ``board.json`` (``board_i8_w4_a4.json`` for a 4-bit model) written by ``qana deploy`` on a board for
+that model (``board_figures``). Writes ``reports/hardware/hardware_table.md`` and
 ``.json`` and, with ``readme``, the ``report:hardware-table`` block of the README.
 """
 from __future__ import annotations
@@ -12,8 +13,9 @@ import re
 from pathlib import Path
 
 from qana_keras.devices import NO_BOARD_NOTE, STANDARD_DEVICES
-from qana_keras.io import atomic_write_text, read_json, write_json
+from qana_keras.io import atomic_write_text, read_classes, read_json, write_json
 from qana_keras.plots import plot_accuracy_vs_cost
+from qana_keras.safe_load import load_akida_model, reports_naming
 
 BLOCK = "report:hardware-table"
 
@@ -38,7 +40,7 @@ def _from_learning(fbz: Path) -> dict | None:
     readout in ``learn_<protocol>.json`` (exact integer emulation of the written layer, checked end to end)."""
     match = re.search(r"_learn_(.+)\.fbz$", fbz.name)
     data = _read(fbz.parent / f"learn_{match.group(1)}.json") if match else None
-    if not data or data.get("written_model") != fbz.name:
+    if not isinstance(data, dict) or data.get("written_model") != fbz.name:
         return None
     source = f"learn_{match.group(1)}.json"
     rows, chosen = data.get("rows"), data.get("written_model_row")
@@ -54,55 +56,78 @@ def _from_learning(fbz: Path) -> dict | None:
 
 
 def _conversion_suffixes(fbz: Path) -> list[str]:
-    """Suffixes ("" or "_i8_w4_a4") of the conversion reports whose Akida artifact is ``fbz``."""
-    out = []
-    for path in sorted(fbz.parent.glob("conversion*.json")):
-        if (_read(path) or {}).get("artifacts", {}).get("akida") == fbz.name:
-            out.append(path.stem[len("conversion"):])
+    """Suffixes ("" or "_i8_w4_a4") of the conversion reports whose Akida artifact is ``fbz``; without one, the
+    suffix its name carries (``convert.artifact_paths``: ``<variant>_i8_w4_a4.fbz`` is the 4-bit model)."""
+    found = [path.stem[len("conversion"):] for path, _ in reports_naming(fbz)]
+    if found:
+        return found
+    tag = "_i8_w4_a4"  # convert.precision_tag(4), not imported here: convert loads TensorFlow
+    return [tag if fbz.stem.endswith(tag) else ""]
+
+
+def _test_figures(path: Path, data, keys: tuple[str, ...]) -> dict:
+    """``data[key]`` for each key (nested with dots), or a one-line error naming ``path``."""
+    out = {}
+    for key in keys:
+        value = data
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"{path}: no {key!r} in it (partial or hand-edited?); re-create it or remove it "
+                                 "from the model folder")
+            value = value[part]
+        out[key.rsplit(".", 1)[-1]] = value
     return out
 
 
 def integer_accuracy(fbz: Path) -> dict:
     """HAM10000 test top-1 / balanced accuracy / macro-F1 of the integer model ``fbz``, from its folder's JSON:
     a `qana evaluate` of this file (evaluate_*test*.json), else `qana deploy`'s fidelity.json (Akida simulator),
-    else a `qana learn` report; else all None with ``source`` None."""
+    else a `qana learn` report; else all None with ``source`` None. A smoke run (``"quick": true``) never counts."""
     for path in sorted(fbz.parent.glob("evaluate_*.json")):
         e = _read(path)
-        if e and e.get("split") == "test" and e.get("format", "ham10000") == "ham10000" \
-                and Path(str(e.get("model", ""))).name == fbz.name:
-            return _headline(path.name, e["top1"], e["balanced_accuracy"], e["macro_f1"], e.get("n_images"))
+        if isinstance(e, dict) and e.get("split") == "test" and not e.get("quick") \
+                and e.get("format", "ham10000") == "ham10000" and Path(str(e.get("model", ""))).name == fbz.name:
+            a = _test_figures(path, e, ("top1", "balanced_accuracy", "macro_f1"))
+            return _headline(path.name, a["top1"], a["balanced_accuracy"], a["macro_f1"], e.get("n_images"))
     for suffix in _conversion_suffixes(fbz):
-        f = _read(fbz.parent / f"fidelity{suffix}.json")
-        if f and f.get("split") == "test":
-            a = f["models"]["akida"]
-            return _headline(f"fidelity{suffix}.json", a["top1"], a["balanced_accuracy"], a["macro_f1"],
-                             f.get("n_images"))
+        path = fbz.parent / f"fidelity{suffix}.json"
+        f = _read(path)
+        if isinstance(f, dict) and f.get("split") == "test" and not f.get("quick"):
+            a = _test_figures(path, f, ("models.akida.top1", "models.akida.balanced_accuracy",
+                                        "models.akida.macro_f1"))
+            return _headline(path.name, a["top1"], a["balanced_accuracy"], a["macro_f1"], f.get("n_images"))
     learned = _from_learning(fbz)
     if learned:
         return learned
     return _headline(None, None, None, None, note="no HAM10000 test evaluation of this integer model in its folder")
 
 
+def board_figures(fbz: Path) -> dict:
+    """The chip figures `qana deploy` wrote on a board for ``fbz``: ``board<suffix>.json`` of its precision,
+    unless its ``model`` names another file; else ``{"measured_on_chip": False, ...}``."""
+    for suffix in _conversion_suffixes(fbz):
+        board = _read(fbz.parent / f"board{suffix}.json")
+        if isinstance(board, dict) and board.get("measured_on_chip") \
+                and ("model" not in board or Path(str(board["model"])).name == fbz.name):
+            return board
+    return {"measured_on_chip": False, "note": NO_BOARD_NOTE}
+
+
 def model_entry(fbz: Path, root: Path) -> dict:
     """The table's record for one ``.fbz``: IP, MACs, classes, every standard device, compute_min_device, board."""
-    import akida
-
     from qana_keras.devices import device_reports, ip_of, min_device_report
 
-    model = akida.Model(str(fbz))
-    classes = _read(fbz.parent / "classes.json")
-    hybrid = next((c["hybrid"] for c in (_read(fbz.parent / f"conversion{x}.json") for x in _conversion_suffixes(fbz))
-                   if c.get("hybrid")), None)
-    board = _read(fbz.parent / "board.json")
+    model = load_akida_model(fbz)
+    classes = read_classes(fbz.parent)
+    hybrid = next((report["hybrid"] for _, report in reports_naming(fbz) if report.get("hybrid")), None)
     return {"model": _relative(fbz, root), "ip": ip_of(model), "macs": int(model.macs),
             "outputs": int(model.output_shape[-1]),
             "hybrid_cut_after": hybrid.get("cut_after") if hybrid else None,
-            "classes": classes if isinstance(classes, list) else (classes or {}).get("classes"),
+            "classes": list(classes) if classes else None,
             "accuracy": integer_accuracy(fbz),
             "devices": {r["device"]: _slim(r) for r in device_reports(model)},
             "compute_min_device": min_device_report(model),
-            "chip": board if board and board.get("measured_on_chip") else {"measured_on_chip": False,
-                                                                           "note": NO_BOARD_NOTE}}
+            "chip": board_figures(fbz)}
 
 
 def _slim(row: dict) -> dict:

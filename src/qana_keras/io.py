@@ -42,8 +42,33 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path):
+    """The JSON in ``path``; a corrupt file is a ValueError that names it (so callers need not add the name)."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); fix or re-create it") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not valid JSON (not UTF-8 text); fix or re-create it") from None
+
+
+def read_classes(folder: str | Path) -> tuple[str, ...] | None:
+    """The output class names of the model(s) in ``folder``: its ``classes.json`` (``{"classes": [...]}`` as
+    `qana train` writes it, or a bare list), checked against ``qana_keras.CLASSES``; None if there is none."""
+    from qana_keras import CLASSES
+
+    path = Path(folder) / "classes.json"
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    classes = data.get("classes") if isinstance(data, dict) else data
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{path}: expected {{\"classes\": [names in output order]}}; fix or remove the file")
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown or len(set(classes)) != len(classes):
+        raise ValueError(f"{path}: " + (f"unknown class(es) {unknown}" if unknown else "a class named twice")
+                         + f"; use each of {', '.join(CLASSES)} at most once")
+    return tuple(classes)
 
 
 def sha256_file(path: str | Path) -> str:

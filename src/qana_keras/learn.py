@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from qana_keras import CLASSES
-from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, sha256_file, write_json
+from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_classes, sha256_file, write_json
 from qana_keras.safe_load import load_akida_model
 
 NEW_CLASS = "scc"
@@ -352,13 +352,10 @@ def protocol_table(rows: dict[str, dict], new_name: str) -> str:
 def _check_classes(run_dir: Path, n_outputs: int) -> list[str]:
     """The output classes of the run's Akida model: classes.json if the run has one, else all of CLASSES."""
     path = run_dir / "classes.json"
-    if path.exists():
-        classes = list(read_json(path)["classes"])
-        unknown = [c for c in classes if c not in CLASSES]
-        if unknown:
-            raise LearnError(f"{path}: unknown class(es) {unknown}; use names from {CLASSES}")
-    else:
-        classes = list(CLASSES)
+    try:
+        classes = list(read_classes(run_dir) or CLASSES)
+    except ValueError as error:
+        raise LearnError(str(error)) from None
     if len(classes) != n_outputs:
         raise LearnError(f"{run_dir}: the Akida model has {n_outputs} outputs but "
                          f"{path.name if path.exists() else 'the default class list'} names {len(classes)} classes")

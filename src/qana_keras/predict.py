@@ -18,7 +18,7 @@ import numpy as np
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 from qana_keras import CLASSES
-from qana_keras.io import atomic_write_text, read_json, write_json
+from qana_keras.io import atomic_write_text, read_classes, write_json
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 TOP_K = 3
@@ -49,13 +49,7 @@ def list_inputs(target: str | Path) -> list[Path]:
 
 def model_classes(model_path: str | Path) -> tuple[str, ...]:
     """Class names of the model's outputs: ``classes.json`` beside the model if present, else all of CLASSES."""
-    path = Path(model_path).parent / "classes.json"
-    if not path.exists():
-        return CLASSES
-    classes = read_json(path).get("classes")
-    if not classes or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"{path}: expected {{\"classes\": [names in output order]}}; fix or remove the file")
-    return tuple(classes)
+    return read_classes(Path(model_path).parent) or CLASSES
 
 
 def model_input_size(model, model_path: str | Path) -> int:
@@ -166,6 +160,6 @@ def write_predictions_json(path: str | Path, result: Predictions) -> None:
                       "skipped": result.skipped})
 
 
-def report_skipped(result: Predictions, stream=sys.stderr) -> None:
-    for s in result.skipped:
-        print(f"skipped {s['file']}: {s['reason']}", file=stream)
+def report_skipped(result: Predictions, stream=None) -> None:
+    for s in result.skipped:  # sys.stderr looked up now, not at import (a redirected or captured stderr)
+        print(f"skipped {s['file']}: {s['reason']}", file=stream or sys.stderr)

@@ -150,8 +150,8 @@ def _read(path: Path) -> dict | None:
         return None
     try:
         return read_json(path)
-    except ValueError as error:
-        raise ReportError(f"{path} is not valid JSON ({error}); regenerate it") from None
+    except ValueError as error:  # read_json names the file
+        raise ReportError(str(error)) from None
 
 
 def discover_models(models_dir: str | Path) -> list[Path]:
@@ -678,6 +678,29 @@ HARDWARE_NOT_MEASURED = ("Akida chip latency per image", "Akida chip throughput"
                          "(needs a board: `device.soc.power_measurement_enabled`)", "on-chip learning on silicon")
 
 
+def board_rows(board) -> list[tuple[str, str, str]]:
+    """(item, value, source) of each ``HARDWARE_NOT_MEASURED`` item: the figures ``devices.measure_board`` wrote
+    into deploy.json when it ran on a board, else "not measured". Deploy never measures on-chip learning."""
+    if not isinstance(board, dict) or not board.get("measured_on_chip"):
+        return [(item, "not measured (no board)", "—") for item in HARDWARE_NOT_MEASURED]
+
+    def num(key, spec):
+        return format(board[key], spec) if isinstance(board.get(key), (int, float)) else "not recorded"
+
+    on = f"on {board.get('device', 'the board')}"
+    energy = (f"{num('energy_mj_per_image', '.3f')} mJ/image at {num('average_power_mw', '.0f')} mW average "
+              f"(batch {board.get('batch_size')}) {on}" if board.get("energy_mj_per_image") is not None
+              else f"not measured ({board.get('power_note', 'no power figures')}) {on}")
+    source = "deploy.json (board)"
+    latency, throughput, power, learning = HARDWARE_NOT_MEASURED
+    return [(latency, f"{num('latency_ms_batch1', '.2f')} ms at batch 1, {num('latency_ms_per_image_batched', '.2f')} "
+                      f"ms/image at batch {board.get('batch_size')} {on}", source),
+            (throughput, f"{num('throughput_images_per_second', '.1f')} images/s at batch {board.get('batch_size')} "
+                         f"{on}", source),
+            (power, energy, source),
+            (learning, "not measured (qana deploy runs inference only)", "—")]
+
+
 def hardware_block(summaries: list[dict]) -> str:
     rows = []
     for s in summaries:
@@ -704,10 +727,7 @@ def hardware_block(summaries: list[dict]) -> str:
                  [f"`models/{s['name']}`", "simulator images/s (CPU)",
                   f"{sim['images_per_second_cpu']:.1f}" if sim.get("images_per_second_cpu") else "not measured",
                   "deploy.json (software backend, not chip speed)"]]
-        board = dep.get("board")
-        where = str(board.get("device", board)) if isinstance(board, dict) else str(board)  # deploy.json board figures
-        rows += [[f"`models/{s['name']}`", item, "measured on " + where if board else "not measured (no board)",
-                  "—"] for item in HARDWARE_NOT_MEASURED]
+        rows += [[f"`models/{s['name']}`", item, value, source] for item, value, source in board_rows(dep.get("board"))]
     if not rows:
         return "No model has a deploy.json: nothing was mapped to Akida."
     return table(["model", "figure", "value", "source"], rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from qana_keras.io import read_json, sha256_file
@@ -57,6 +58,13 @@ def _require_file(path: Path, what: str) -> None:
 
 def read_keras_config(path: str | Path) -> dict:
     """The ``model_config`` JSON of a Keras ``.h5``, read with h5py (nothing is deserialised)."""
+    with _open_h5(path) as f:
+        return _parse_config(f.attrs.get("model_config"), Path(path))
+
+
+@contextmanager
+def _open_h5(path: str | Path):
+    """An h5py handle on the Keras ``.h5`` at ``path``; one-line errors for a missing or non-HDF5 file."""
     import h5py
 
     path = Path(path)
@@ -64,10 +72,14 @@ def read_keras_config(path: str | Path) -> dict:
     if not h5py.is_hdf5(str(path)):
         raise ArtifactError(f"{path}: not an HDF5 file; expected a Keras .h5 model saved by qana train/convert")
     try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
+        f = h5py.File(path, "r")
     except OSError as error:  # a truncated HDF5 file still has the signature
         raise ArtifactError(f"{path}: unreadable HDF5 file ({error}); re-create it with qana train/convert") from None
+    with f:
+        yield f
+
+
+def _parse_config(raw, path: Path) -> dict:
     if raw is None:
         raise ArtifactError(f"{path}: no Keras model config in this .h5 (weights only?); pass a whole model "
                             "saved by qana train/convert")
@@ -75,6 +87,12 @@ def read_keras_config(path: str | Path) -> dict:
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ArtifactError(f"{path}: its model config is not valid JSON ({error})") from None
+    except TypeError:  # an attribute that is no string (a number, an array)
+        raise ArtifactError(f"{path}: its model config is a {type(raw).__name__}, not JSON text; not a Keras "
+                            "model file") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: its model config is nested too deeply to read; not a Keras model "
+                            "file") from None
     if not isinstance(config, dict) or "class_name" not in config:
         raise ArtifactError(f"{path}: its model config has no class_name; not a Keras model file")
     return config
@@ -107,30 +125,46 @@ def _has_lambda(obj) -> bool:
 
 def check_keras_artifact(path: str | Path) -> dict:
     """Refuse ``path`` unless every layer class is in ``ALLOWED_LAYERS``; returns its model config."""
-    path = Path(path)
-    config = read_keras_config(path)
-    for name, class_name in layer_classes(config, path):
+    return _check_config(read_keras_config(path), Path(path))
+
+
+def _check_config(config: dict, path: Path) -> dict:
+    try:
+        classes = list(layer_classes(config, path))
+        lambdas = _has_lambda(config)
+    except RecursionError:
+        raise ArtifactError(f"{path}: its model config is nested too deeply to check; not a Keras model "
+                            "file") from None
+    for name, class_name in classes:
         if class_name not in ALLOWED_LAYERS:
             raise ArtifactError(f"{path}: layer {name!r} is a {class_name} layer; refused before loading: only the "
                                 "project's layer classes are allowed (tf_keras built-ins of qana_keras.models and "
                                 "their quantizeml versions; see qana_keras.safe_load.ALLOWED_LAYERS)")
-    if _has_lambda(config):
+    if lambdas:
         raise ArtifactError(f"{path}: its model config holds a serialised Python function; refused before loading: "
                             "only the project's layer classes are allowed")
     return config
 
 
 def load_keras_model(path: str | Path):
-    """A float or quantized Keras model from ``path``, checked first (``check_keras_artifact``), not compiled."""
-    path = Path(path)
-    config = check_keras_artifact(path)
-    verify_recorded_checksum(path)
-    if any(c.startswith("Custom>") for _, c in layer_classes(config, path)):
-        import quantizeml  # noqa: F401  (registers its layers with Keras; ~3 s, so only when needed)
-    import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-    import tf_keras as keras
+    """A float or quantized Keras model from ``path``, checked first (``check_keras_artifact``), not compiled.
 
-    return keras.models.load_model(path, compile=False)
+    The config is checked and the model loaded through one h5py handle: no window to swap the file between
+    the two, and Keras takes its legacy HDF5 loader whatever else the file looks like (a file both HDF5 and
+    zip, named ``*.keras``, would go to the zip loader, which imports the modules its ``config.json`` names)."""
+    path = Path(path)
+    if path.suffix != ".h5":
+        raise ArtifactError(f"{path}: not a .h5 file; qana loads Keras models only from the .h5 files that "
+                            "qana train/convert write")
+    with _open_h5(path) as f:
+        config = _check_config(_parse_config(f.attrs.get("model_config"), path), path)
+        verify_recorded_checksum(path)
+        if any(c.startswith("Custom>") for _, c in layer_classes(config, path)):
+            import quantizeml  # noqa: F401  (registers its layers with Keras; ~3 s, so only when needed)
+        import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+        import tf_keras as keras
+
+        return keras.models.load_model(f, compile=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,11 +196,18 @@ def conversion_reports(folder: Path):
     for candidate in sorted(Path(folder).glob("conversion*.json")):
         try:
             report = read_json(candidate)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ArtifactError(f"{candidate}: not valid JSON ({error}); re-run qana convert") from None
+        except ValueError as error:  # read_json names the file
+            raise ArtifactError(f"{error}; or re-run qana convert") from None
         if not isinstance(report, dict):
             raise ArtifactError(f"{candidate}: not a conversion report (a JSON object); re-run qana convert")
         yield candidate, report
+
+
+def reports_naming(fbz: str | Path) -> list[tuple[Path, dict]]:
+    """(path, report) of each ``conversion*.json`` beside ``fbz`` whose Akida artifact is ``fbz``."""
+    fbz = Path(fbz)
+    return [(path, report) for path, report in conversion_reports(fbz.parent)
+            if isinstance(report.get("artifacts"), dict) and report["artifacts"].get("akida") == fbz.name]
 
 
 def verify_recorded_checksum(path: Path) -> None:
@@ -193,7 +234,7 @@ _CHILD = "import sys, akida; akida.Model(sys.argv[1])"
 def _child_failure(path: Path) -> str | None:
     """Open ``path`` with akida in a child process; None if it loads, else how the child ended."""
     try:
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([sys.executable, "-I", "-c", _CHILD, str(path)], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         return "akida did not finish reading it in 600 s"
     if done.returncode == 0:

@@ -10,6 +10,7 @@ Run folder (``runs/<name>/``):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import shutil
 import sys
@@ -150,7 +151,9 @@ def check_start(config: Config, log=print) -> None:
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{key}: {path} not found")
     try:
-        build_model(config.model, input_size=config.data.image_size, num_classes=len(classes))
+        # No ImageNet weights: this only checks that the graph builds (lite0-* would read and hash an 18 MB file).
+        build_model(dataclasses.replace(config.model, pretrained=False), input_size=config.data.image_size,
+                    num_classes=len(classes))
     except ValueError as error:
         raise ValueError(f"the model ({config.model.variant}) does not build for data.image_size="
                          f"{config.data.image_size}: {error}") from None
@@ -162,7 +165,8 @@ def _failed_start(run_dir: Path) -> bool:
     """True for a folder left by a start that failed (or was killed) before its first epoch was checkpointed."""
     names = {p.name for p in run_dir.iterdir()}
     checkpoints = run_dir / "checkpoints"
-    return ("config.yaml" in names and names <= START_FILES
+    # config.yaml alone is not enough: a user's own folder may hold one; a start writes versions.json right after.
+    return ({"config.yaml", "versions.json"} <= names and names <= START_FILES
             and not (checkpoints.is_dir() and any(checkpoints.iterdir())))
 
 
