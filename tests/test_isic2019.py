@@ -131,3 +131,27 @@ def test_extra_sources_are_refused_with_crops_and_with_clashing_names(tmp_path):
         load_config(None, ["data.extra_sources=/a/isic2019", "data.crop=mask"])
     with pytest.raises(ConfigError, match="two sources share a folder name"):
         load_config(None, ["data.extra_sources=/a/isic2019,/b/isic2019"])
+
+
+def test_training_with_an_extra_source_reports_its_validation_apart(tmp_path):
+    """One tiny epoch: the source's images train, its validation split is scored every epoch and at the end."""
+    from test_train import tiny_config
+
+    from qana_keras.io import read_json
+    from qana_keras.train import train
+
+    config = tiny_config(tmp_path, epochs=1)
+    rows = [(f"ISIC_{i:07d}", ("NV", "MEL", "BKL")[i % 3], f"MSK4_{i // 2}") for i in range(1, 61)]
+    config.data.extra_sources = (str(write_isic2019_fixture(tmp_path / "isic2019", rows)),)
+    lines = []
+    metrics = train(tmp_path / "run", config, log=lines.append)
+    assert metrics["val_isic2019"]["n_images"] == len(load_val_ids(config)) > 0
+    history = read_json(tmp_path / "run" / "state.json")["history"]
+    assert 0.0 <= history[0]["val_isic2019_balanced_accuracy"] <= 1.0
+    assert any("val_isic2019 bal. acc." in line for line in lines)
+
+
+def load_val_ids(config) -> list[str]:
+    from qana_keras.data.dataset import load_splits
+
+    return load_splits(config.data, log=lambda *_: None, extra_sources=True)["val_isic2019"].frame["image_id"].tolist()
