@@ -6,7 +6,10 @@ each fed the images at its own input size (from the config.yaml beside it), so a
 paired with the 64 px reference on the same lesions. Validation figures are what a user would choose by; test
 differences count only when the paired lesion-bootstrap interval excludes zero (marked *).
 
-usage: python scripts/paired_compare.py A B [--tta] [--json OUT]
+With ``--source DIR`` (an ISIC 2019-layout folder, e.g. $QANA_ISIC2019_DIR) the validation split of that source
+is compared too (``val_<folder>``, paired by its lesions): how each model carries to another clinic's images.
+
+usage: python scripts/paired_compare.py A B [--tta] [--source DIR ...] [--json OUT]
 """
 import argparse
 
@@ -20,18 +23,23 @@ from qana_keras.io import write_json
 from qana_keras.metrics import format_difference, headline_metrics, paired_bootstrap_difference
 
 
-def predictions(path: str, tta: bool, splits_by_size: dict) -> dict:
-    """Predicted classes of the model at ``path`` on val and test (8-view TTA for Keras models with ``tta``)."""
+def predictions(path: str, tta: bool, sources: tuple, splits_by_size: dict) -> dict:
+    """Predicted classes of the model at ``path`` on every split (8-view TTA for Keras models with ``tta``)."""
     model = load_model_any(path)
     size = model_image_size(path, model)
     if size not in splits_by_size:
-        splits_by_size[size] = load_splits(DataConfig(image_size=size))
+        splits_by_size[size] = load_splits(DataConfig(image_size=size, extra_sources=sources), extra_sources=True)
     data = splits_by_size[size]
     keras_model = path.endswith(".h5")
     if tta and not keras_model:
         raise SystemExit(f"{path}: --tta averages Keras models only; compare Akida models without it")
     return {split: (model_probabilities(model, data[split].images, tta) if keras_model
-                    else predict_logits(model, data[split].images)).argmax(1) for split in ("val", "test")}, data
+                    else predict_logits(model, data[split].images)).argmax(1) for split in evaluated(data)}, data
+
+
+def evaluated(data: dict) -> list[str]:
+    """val, test and each extra source's validation split; never the training images."""
+    return [name for name in data if name != "train"]
 
 
 def main() -> None:
@@ -39,14 +47,15 @@ def main() -> None:
     parser.add_argument("a", help="baseline model (.h5 or .fbz, config.yaml beside it)")
     parser.add_argument("b", help="the changed model")
     parser.add_argument("--tta", action="store_true", help="average each Keras model over 8 flips/rotations")
+    parser.add_argument("--source", action="append", default=[], help="an extra source's folder (ISIC 2019 layout)")
     parser.add_argument("--json")
     args = parser.parse_args()
     splits_by_size: dict = {}
     preds, data = {}, None
     for key, path in (("a", args.a), ("b", args.b)):
-        preds[key], data = predictions(path, args.tta, splits_by_size)
-    result = {"a": args.a, "b": args.b, "tta": args.tta}
-    for split in ("val", "test"):
+        preds[key], data = predictions(path, args.tta, tuple(args.source), splits_by_size)
+    result = {"a": args.a, "b": args.b, "tta": args.tta, "sources": args.source}
+    for split in evaluated(data):
         labels, groups = data[split].labels, data[split].frame["lesion_id"].to_numpy()  # same rows at every size
         for key in ("a", "b"):
             result[f"{key}_{split}"] = headline_metrics(labels, preds[key][split])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from qana_keras import CLASSES
-from qana_keras.data.ham10000 import DatasetError, unsafe_name_problem
-from qana_keras.data.layout import one_hot_value, read_table, scan_images
+from qana_keras.data.ham10000 import DatasetError
+from qana_keras.data.layout import read_table, row_image_and_class, scan_images
 
 CLASS_COLUMNS = {c.upper(): c for c in CLASSES}  # "AKIEC" -> "akiec", ...
 
@@ -39,21 +39,11 @@ def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.Da
     seen: dict[str, int] = {}
     records = []
     for line, fields in rows:
-        image_id = fields[col["image"]]
-        where = f"{name} line {line} (image {image_id!r})"
-        unsafe = unsafe_name_problem(image_id) if image_id else "is empty"
-        if unsafe:
-            problems.append(f"{where}: image name {unsafe}; it must be a bare name like ISIC_0024306")
+        where = f"{name} line {line} (image {fields[col['image']]!r})"
+        parsed = row_image_and_class(fields, col, CLASS_COLUMNS, where, "ISIC_0024306", problems)
+        if parsed is None:
             continue
-        values = {c: one_hot_value(fields[col[c]]) for c in CLASS_COLUMNS}
-        bad = [f"{c}={fields[col[c]]!r}" for c, v in values.items() if v is None]
-        ones = [c for c, v in values.items() if v == 1.0]
-        if bad:
-            problems.append(f"{where}: values must be 0 or 1, got {', '.join(bad)}")
-            continue
-        if len(ones) != 1:
-            problems.append(f"{where}: {len(ones)} classes set ({', '.join(ones) or 'none'}); exactly one must be 1")
-            continue
+        image_id, column = parsed
         if image_id in seen:
             problems.append(f"{where}: duplicate image, first at line {seen[image_id]}; remove one of the rows")
             continue
@@ -64,7 +54,7 @@ def load_metadata(images_dir: str | Path, ground_truth_csv: str | Path) -> pd.Da
                                             "put it there or remove the row" if not files else
                                             f"{len(files)} files match ({', '.join(p.name for p in files)}); keep one"))
             continue
-        records.append((image_id, CLASS_COLUMNS[ones[0]], str(files[0])))
+        records.append((image_id, CLASS_COLUMNS[column], str(files[0])))
     extra = sorted(p.name for stem, files in by_stem.items() if stem not in seen for p in files)
     problems += [f"{images_dir.name}/{n}: image file has no row in {name}; add its row or remove it" for n in extra]
     if problems:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from qana_keras.data.ham10000 import DatasetError, link_outside_problem, read_csv_rows, unsafe_name_problem
-from qana_keras.data.layout import one_hot_value, read_table, scan_images
+from qana_keras.data.ham10000 import DatasetError, link_outside_problem, read_csv_rows
+from qana_keras.data.layout import read_table, row_image_and_class, scan_images
 
 SOURCE = "isic2019"
 IMAGES_DIR = "ISIC_2019_Training_Input"
@@ -96,19 +96,11 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
     seen: dict[str, int] = {}
     records, no_ham_class, ham_copies = [], defaultdict(int), 0
     for line, fields in rows:
-        image = fields[col["image"]]
-        where = f"{csv_path.name} line {line} (image {image!r})"
-        unsafe = unsafe_name_problem(image) if image else "is empty"
-        if unsafe:
-            problems.append(f"{where}: image name {unsafe}; it must be a bare name like ISIC_0000000")
+        where = f"{csv_path.name} line {line} (image {fields[col['image']]!r})"
+        parsed = row_image_and_class(fields, col, CLASS_COLUMNS, where, "ISIC_0000000", problems)
+        if parsed is None:
             continue
-        values = {c: one_hot_value(fields[col[c]]) for c in CLASS_COLUMNS if c in col}
-        bad = [f"{c}={fields[col[c]]!r}" for c, v in values.items() if v is None]
-        ones = [c for c, v in values.items() if v == 1.0]
-        if bad or len(ones) != 1:
-            problems.append(f"{where}: " + (f"values must be 0 or 1, got {', '.join(bad)}" if bad else
-                                            f"{len(ones)} classes set ({', '.join(ones) or 'none'}); exactly one must be 1"))
-            continue
+        image, column = parsed
         image_id = canonical_id(image)
         if image_id in seen:
             problems.append(f"{where}: the same image as line {seen[image_id]} (ids differ only by "
@@ -121,9 +113,9 @@ def load_metadata(root: str | Path, ham_image_ids: set[str] | None = None,
                 or lesion_id.startswith("HAM_"):
             ham_copies += 1
             continue
-        dx = CLASS_COLUMNS[ones[0]]
+        dx = CLASS_COLUMNS[column]
         if dx is None:
-            no_ham_class[ones[0]] += 1
+            no_ham_class[column] += 1
             continue
         matches = files.get(image, []) or files.get(image_id, [])
         if len(matches) != 1:

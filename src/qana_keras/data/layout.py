@@ -6,7 +6,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from qana_keras.data.ham10000 import IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows
+from qana_keras.data.ham10000 import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
+                                     unsafe_name_problem)
 
 
 def read_table(csv_path: Path, images_dir: Path, root: Path, hint: str,
@@ -43,6 +44,25 @@ def scan_images(images_dir: Path, root: Path, problems: list[str]) -> dict[str, 
                 continue
             by_stem[stem].append(Path(entry.path))
     return by_stem
+
+
+def row_image_and_class(fields: list[str], col: dict[str, int], columns, where: str, example: str,
+                        problems: list[str]) -> tuple[str, str] | None:
+    """(image name, the one class column set to 1) of a one-hot ground-truth row, or None with the problem added:
+    an unsafe or empty name, a value other than 0/1, or not exactly one class set."""
+    image = fields[col["image"]]
+    unsafe = unsafe_name_problem(image) if image else "is empty"
+    if unsafe:
+        problems.append(f"{where}: image name {unsafe}; it must be a bare name like {example}")
+        return None
+    values = {c: one_hot_value(fields[col[c]]) for c in columns if c in col}
+    bad = [f"{c}={fields[col[c]]!r}" for c, v in values.items() if v is None]
+    ones = [c for c, v in values.items() if v == 1.0]
+    if bad or len(ones) != 1:
+        problems.append(f"{where}: " + (f"values must be 0 or 1, got {', '.join(bad)}" if bad else
+                                        f"{len(ones)} classes set ({', '.join(ones) or 'none'}); exactly one must be 1"))
+        return None
+    return image, ones[0]
 
 
 def one_hot_value(text: str) -> float | None:
