@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 KEEP = ("config.yaml", "versions.json", "metrics.json", "history.csv", "classes.json", "*_float.h5", "*_i8_w*_a*.h5",
-        "*.fbz", "conversion*.json", "fidelity.json", "fidelity.md", "deploy.json", "bench.json", "head_ablation.json",
+        "*.fbz", "conversion*.json", "fidelity*.json", "fidelity*.md", "deploy*.json", "board*.json", "bench.json", "head_ablation.json",
         "learn_*.json", "learn_*.md", "edge_learning.json", "edge_learning.md", "*.png")
 MAX_BYTES = 5_000_000  # anything larger does not belong in git
 
