@@ -385,8 +385,10 @@ def test_make_quick_deletes_only_its_own_scratch_run():
     from fixtures import REPO
 
     def dry(*args):
-        return subprocess.run(["make", "-n", "-o", ".venv/.installed", "train", *args], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.splitlines()
+        # --no-print-directory and no inherited MAKEFLAGS: under `make test` a sub-make would print its folder
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        return subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "train", *args],
+                              cwd=REPO, capture_output=True, text=True, check=True, env=env).stdout.splitlines()
 
     assert dry("QUICK=1") == ["rm -rf runs/qana-quick",
                               ".venv/bin/qana train --config configs/qana.yaml --run runs/qana-quick --quick"]
