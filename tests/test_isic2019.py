@@ -131,6 +131,11 @@ def test_extra_sources_are_refused_with_crops_and_with_clashing_names(tmp_path):
         load_config(None, ["data.extra_sources=/a/isic2019", "data.crop=mask"])
     with pytest.raises(ConfigError, match="two sources share a folder name"):
         load_config(None, ["data.extra_sources=/a/isic2019,/b/isic2019"])
+    config = load_config(None, ["data.extra_sources=$QANA_NO_SUCH_DIR"])  # a recorded config still loads
+    with pytest.raises(ConfigError, match=r"\$QANA_NO_SUCH_DIR names an unset environment variable; set it"):
+        from qana_keras.train import check_start
+
+        check_start(config)
 
 
 def test_training_with_an_extra_source_reports_its_validation_apart(tmp_path):

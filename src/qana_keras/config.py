@@ -22,6 +22,16 @@ def default_data_dir() -> str:
     return os.environ.get("QANA_DATA_DIR", str(REPO_ROOT / "data" / "ham10000"))
 
 
+def source_folder(folder: str) -> str:
+    """An ``extra_sources`` entry with its environment variables expanded; an unset one is an error (checked when
+    the source is read, so a recorded config still loads where the variable is not set)."""
+    expanded = os.path.expandvars(folder)
+    if "$" in expanded:
+        raise ConfigError(f"data.extra_sources: {folder} names an unset environment variable; set it (e.g. export "
+                          "QANA_ISIC2019_DIR=/path/to/isic2019) or give the folder")
+    return expanded
+
+
 def source_name(folder: str) -> str:
     """The name an extra source's validation split goes by: its folder name (``val_isic2019_partial``)."""
     return Path(os.path.expandvars(folder)).expanduser().name

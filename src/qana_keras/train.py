@@ -142,10 +142,12 @@ def check_start(config: Config, log=print) -> None:
     Config values, the class subset, the metadata, the split file, init_from/soft_targets, and that the
     model builds for data.image_size (a bad size would otherwise fail after caching every image).
     """
-    from qana_keras.config import validate_config
+    from qana_keras.config import source_folder, validate_config
     from qana_keras.data import ham10000, splits
 
     validate_config(config)
+    for folder in config.data.extra_sources:
+        source_folder(folder)  # an unset $VARIABLE fails here, not after the HAM10000 images are loaded
     classes = run_classes(config.data)
     splits.read_split(config.data.split_file, meta=ham10000.load_metadata(config.data.data_dir))
     for key, path in (("train.init_from", config.train.init_from), ("train.soft_targets", config.train.soft_targets)):

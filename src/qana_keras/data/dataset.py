@@ -1,14 +1,13 @@
 """The HAM10000 splits as arrays: metadata + committed split file + cached images, in one call."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from qana_keras import CLASSES
-from qana_keras.config import DataConfig, source_name
+from qana_keras.config import DataConfig, source_folder, source_name
 from qana_keras.data import ham10000, isic2019, splits
 from qana_keras.data.cache import load_cached_images
 from qana_keras.io import sha256_file
@@ -82,9 +81,7 @@ def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=prin
 def load_extra_source(folder: str, config: DataConfig, ham_meta: pd.DataFrame, class_index: dict[str, int],
                       max_images: int, seed: int, log=print) -> tuple[SplitData, SplitData]:
     """An ISIC 2019-layout source as (train, val) SplitData; HAM10000 copies in it are left out."""
-    root = os.path.expandvars(folder)
-    if "$" in root:
-        raise ValueError(f"data.extra_sources: {folder!r} names an unset environment variable; set it or give a path")
+    root = source_folder(folder)
     meta = isic2019.load_metadata(root, set(ham_meta["image_id"]), set(ham_meta["lesion_id"]))
     meta = meta[meta["dx"].isin(class_index)].reset_index(drop=True)
     # A renamed byte-for-byte copy of a HAM10000 image would slip past the id checks: compare contents too.
