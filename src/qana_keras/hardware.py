@@ -225,7 +225,7 @@ def render_markdown(data: dict) -> str:
 def write_hardware_table(models_dir: str | Path = "models", out_dir: str | Path = "reports/hardware",
                          readme: str | Path | None = None, root: str | Path | None = None, log=print) -> dict:
     """Build the table, write ``hardware_table.md`` / ``.json`` in ``out_dir`` and the README block."""
-    from qana_keras.report import rewrite_block
+    from qana_keras.markdown import rewrite_block
 
     data = build_table(models_dir, root)
     out_dir = Path(out_dir)

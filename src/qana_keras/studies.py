@@ -11,7 +11,7 @@ pages that hold their markers, so no figure of a study is typed by hand.
 from __future__ import annotations
 
 from qana_keras import CLASSES
-from qana_keras.report import table
+from qana_keras.markdown import table
 
 PAIRED = (("top1", "Δ top-1"), ("macro_f1", "Δ macro-F1"), ("balanced_accuracy", "Δ bal. acc."))
 CROP_VARIANTS = {"whole": "whole image", "saliency_crop": "saliency crop",
