@@ -78,8 +78,8 @@ def model_summary(model_dir: Path) -> dict:
     artifacts = {k: v for k, v in artifacts.items() if (model_dir / v).is_file()}
     ok = [d for d in (deploy or {}).get("virtual_devices", [])
           if d.get("ok") and d.get("device") != "compute_min_device"]
-    mapped = _smallest_device(ok)
     one_pass = _smallest_device([d for d in ok if d.get("passes") == 1])
+    mapped = one_pass or _smallest_device(ok)  # a one-pass mapping first: what a user deploys
     minimal = next((d for d in (deploy or {}).get("virtual_devices", [])
                     if d.get("device") == "compute_min_device" and d.get("ok")), None)
     source = (model_dir / "SOURCE").read_text().strip() if (model_dir / "SOURCE").is_file() else None
