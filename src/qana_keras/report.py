@@ -25,6 +25,7 @@ from qana_keras.io import atomic_write_text, read_json, sha256_file, write_json
 from qana_keras.markdown import (ReportError, _rewrite_present_blocks, fmt_ci, fmt_diff, has_block,  # noqa: F401
                                  replace_block, rewrite_block, rewrite_blocks_across, table)
 
+REFERENCE_MODEL = "qana"  # the folder every other model is paired against in the tables
 EVALUATION_VERSION = 1  # bump when `qana evaluate` output changes: cached evaluations are then recomputed
 METRICS = (("top1", "top-1"), ("balanced_accuracy", "balanced acc."), ("macro_f1", "macro-F1"))
 ABLATION_SCHEMA = "qana-ablation/1"
@@ -420,13 +421,17 @@ HEADLINE = ["model", "artifact", "images (resampled units)", *[f"{t} [95% CI]" f
 
 
 def paired_comparisons(evaluations: dict, dataset: str, n_boot: int = 1000) -> str:
-    """Paired lesion bootstrap of every evaluation on ``dataset`` minus the first one (same images):
+    """Paired lesion bootstrap of every evaluation on ``dataset`` minus the reference model's float one (the first
+    one when there is none) on the same images:
     differences in points, bold when the 95% interval excludes zero. Empty when there is < 2."""
     from qana_keras.metrics import paired_confusion_bootstrap
 
     names = [n for n in evaluations if n.endswith(f"__{dataset}")]
     if len(names) < 2:
         return ""
+    # The reference model's float evaluation first (models are listed by folder name, and "akd..." sorts earlier).
+    reference = f"{REFERENCE_MODEL}__float__{dataset}"
+    names.sort(key=lambda n: n != reference)
     ref = evaluations[names[0]]["predictions"]
     rows = []
     for name in names[1:]:
