@@ -128,11 +128,12 @@ def load_lite0_weights(model: keras.Model, state: dict[str, np.ndarray] | None =
     Torch convs are (out, in, kh, kw), Keras (kh, kw, in, out); depthwise (C, 1, kh, kw) -> (kh, kw, C, 1).
     """
     state = load_lite0_state() if state is None else state
+    names = {layer.name for layer in model.layers}
     groups = sorted({layer.name.rsplit("/", 1)[0] for layer in model.layers if layer.name.startswith(PREFIX)
                      and layer.name.rsplit("/", 1)[1] in ("conv", "dw")})
     for group in groups:
         conv_key, bn_key = _torch_names(group)
-        kind = "dw" if f"{group}/dw" in {layer.name for layer in model.layers} else "conv"
+        kind = "dw" if f"{group}/dw" in names else "conv"
         kernel = state[conv_key].transpose((2, 3, 0, 1) if kind == "dw" else (2, 3, 1, 0))
         conv = model.get_layer(f"{group}/{kind}")
         expected = conv.get_weights()[0].shape
