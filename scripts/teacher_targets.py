@@ -5,7 +5,11 @@ Each image of the split file (every split, so the file also serves analysis) get
 the teachers, each averaged over the 8 flips/rotations. Refuses to replace an existing file unless
 --overwrite.
 
-usage: python scripts/teacher_targets.py TEACHER.h5 [TEACHER.h5 ...] --out FILE.npz [--overwrite]
+With --extra-source DIR (an ISIC 2019-layout folder, as in ``data.extra_sources``), that source's
+images get targets too, so a run training on HAM10000 plus that source can be distilled.
+
+usage: python scripts/teacher_targets.py TEACHER.h5 [TEACHER.h5 ...] --out FILE.npz
+       [--extra-source DIR ...] [--overwrite]
 """
 import argparse
 import time
@@ -25,6 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("teachers", nargs="+", help="float Keras .h5 models over the 7 classes (any input size)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--extra-source", action="append", default=[],
+                        help="an extra training source (ISIC 2019 layout) whose images also get targets")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     if Path(args.out).exists() and not args.overwrite:
@@ -39,7 +45,8 @@ def main() -> None:
                              f"classes {', '.join(CLASSES)}")
         size = model.input_shape[1]  # each teacher sees the images at its own input size
         if size not in data_by_size:
-            data_by_size[size] = load_splits(DataConfig(image_size=size))
+            config = DataConfig(image_size=size, extra_sources=tuple(args.extra_source))
+            data_by_size[size] = load_splits(config, extra_sources=bool(args.extra_source))
         data = data_by_size[size]
         images = np.concatenate([d.images for d in data.values()])
         probabilities = model_probabilities(model, images)
