@@ -113,12 +113,16 @@ def with_float_input(model):
 
 
 def to_int8_tflite(model, representative: np.ndarray) -> bytes:
-    """A fully-int8 TFLite flatbuffer of the float Keras ``model``, calibrated on ``representative`` uint8 images."""
+    """A fully-int8 TFLite flatbuffer of the float Keras ``model``, calibrated on ``representative`` uint8 images
+    (int8 input = pixel - 128, lossless)."""
     import tensorflow as tf
 
     def samples():
-        for image in representative:
-            yield [image[None].astype(np.float32)]
+        for i, image in enumerate(representative):
+            image = image[None].astype(np.float32)
+            if i == 0:  # one black and one white pixel: the int8 input then covers 0..255 exactly (scale 1,
+                image[0, 0, :2] = [[0.0], [255.0]]  # zero point -128), not just the range these images happen to span
+            yield [image]
 
     converter = tf.lite.TFLiteConverter.from_keras_model(with_float_input(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
