@@ -137,7 +137,8 @@ def to_int8_tflite(model, representative: np.ndarray) -> bytes:
 # The run-level verb
 
 
-def export_paths(run_dir: Path, variant: str, fmt: str = "tflite") -> dict[str, Path]:
+def export_paths(run_dir: Path, variant: str) -> dict[str, Path]:
+    """The float model a TFLite export reads and what it writes."""
     return {"float": run_dir / f"{variant}_float.h5", "tflite": run_dir / f"{variant}_int8.tflite",
             "report": run_dir / EXPORT_REPORT}
 
@@ -154,7 +155,8 @@ def resolve_run(run_or_model: str | Path) -> tuple[Path, Path]:
     if not (run_dir / "config.yaml").is_file():
         raise RunFolderError(f"{run_dir / 'config.yaml'} not found; export needs the run's config (its split and "
                              "image size): pass a folder made by qana train")
-    float_path = path if path.is_file() else export_paths(run_dir, load_config(run_dir / "config.yaml").model.variant)["float"]
+    variant = load_config(run_dir / "config.yaml").model.variant
+    float_path = path if path.is_file() else export_paths(run_dir, variant)["float"]
     if float_path.suffix != ".h5" or not float_path.is_file():
         raise FileNotFoundError(f"{float_path}: no float Keras model; train one first (`qana train --run {run_dir}`) "
                                 "or pass the run's <variant>_float.h5")
@@ -181,10 +183,11 @@ def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: in
     began = time.perf_counter()
     run_dir, float_path = resolve_run(run_or_model)
     config = load_config(run_dir / "config.yaml")
-    paths = export_paths(run_dir, float_path.stem.removesuffix("_float"), fmt)
+    paths = export_paths(run_dir, float_path.stem.removesuffix("_float"))
     existing = [str(p) for key, p in paths.items() if key != "float" and p.exists()]
     if existing and not overwrite:
-        raise RunFolderError(f"export artifacts already exist ({', '.join(existing)}); pass --overwrite to replace them")
+        raise RunFolderError(f"export artifacts already exist ({', '.join(existing)}); pass --overwrite to replace "
+                             "them")
     config.data = dataclasses.replace(config.data, cache_dir=cache_dir_for(cache_dir, config.data))
     classes = run_classes(config.data)
 
