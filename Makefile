@@ -27,7 +27,7 @@ DEPLOY_FLAGS := --quick
 RUN := runs/qana-quick
 endif
 
-.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida hardware-table predict evaluate bench report head head-ablation crop hardware-cost ablations clean
+.PHONY: all help venv test test-slow data validate split cache train train-paper resume convert deploy-akida export hardware-table predict evaluate bench report head head-ablation crop hardware-cost ablations clean
 
 all: train convert deploy-akida ## the main job: train, quantize + convert, run on Akida (RUN)
 
@@ -81,6 +81,9 @@ convert: $(STAMP) ## quantize (8-bit) and convert RUN to Akida
 
 deploy-akida: $(STAMP) ## run RUN on an Akida board, else map it (DEVICE=akd1000|six-nodes-v2|...) and simulate
 	$(QANA) deploy --run $(RUN) $(if $(DEVICE),--device $(DEVICE)) $(DEPLOY_FLAGS)
+
+export: $(STAMP) ## RUN's float model as a fully-int8 TFLite model for CPUs/MCUs (not Akida), test metrics in export.json
+	$(QANA) export --run $(RUN) $(EXPORT_FLAGS)
 
 hardware-table: $(STAMP) ## every published .fbz x every standard Akida device -> reports/hardware/, README block
 	$(QANA) hardware-table --readme README.md

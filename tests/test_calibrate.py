@@ -76,6 +76,23 @@ def test_temperature_recovers_overconfidence_and_lowers_ece():
     np.testing.assert_array_equal((z * true_t / t).argmax(1), z.argmax(1))
 
 
+def test_reliability_bins_match_sklearn_calibration_curve():
+    """Same bins as sklearn's calibration_curve (edges included), which drops the empty bins we keep."""
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(4)
+    logits, labels = rng.normal(0, 3.0, (1500, K)), rng.integers(0, K, 1500)
+    logits[:4] = 0.0  # confidence exactly 1/7, and ties
+    rel = reliability(logits, labels)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    accuracy, confidence = calibration_curve(p.argmax(1) == labels, p.max(1), n_bins=15)
+    filled = [b for b in rel["bins"] if b["count"]]
+    assert len(filled) < 15  # some bins are empty here: calibration_curve leaves them out
+    np.testing.assert_allclose([b["accuracy"] for b in filled], accuracy, rtol=0, atol=1e-12)
+    np.testing.assert_allclose([b["confidence"] for b in filled], confidence, rtol=0, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------
 def test_calibration_markdown_names_classes_by_the_run():
     """A 5-class run's rows are akiec, bcc, bkl, mel, nv: mel must not be reported as df."""

@@ -215,7 +215,7 @@ def test_hardware_table_from_model_folders(tmp_path, tiny_qana, tiny_v1):
         "batch_size": 100, "latency_ms_batch1": 1.5, "latency_ms_per_image_batched": 0.5,
         "energy_mj_per_image": 0.25})
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n<!-- {BLOCK}:start -->\nold\n<!-- {BLOCK}:end -->\n\nafter\n")
+    readme.write_text(f"# x\n\n<!-- {BLOCK}:start -->\nstale block\n<!-- {BLOCK}:end -->\n\nafter\n")
 
     data = write_hardware_table(models, tmp_path / "reports" / "hardware", readme=readme, root=tmp_path, **QUIET)
     assert [m["model"] for m in data["models"]] == [f"models/group/v1/{tiny_v1.name}", "models/tiny/qana.fbz"]
@@ -235,7 +235,7 @@ def test_hardware_table_from_model_folders(tmp_path, tiny_qana, tiny_v1):
     assert "1.50 ms (b1), 0.50 ms/img (b100), 0.250 mJ/img on PCIe/NSoC_v1/0" in md
     assert "not measured (no board)" in md
     text = readme.read_text()
-    assert "old" not in text and "| `models/tiny/qana.fbz` | v2 |" in text and text.endswith("after\n")
+    assert "stale block" not in text and "| `models/tiny/qana.fbz` | v2 |" in text and text.endswith("after\n")
 
 
 _BOARD = {"measured_on_chip": True, "device": "PCIe/NSoC_v2/0", "batch_size": 100, "latency_ms_batch1": 1.0,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from qana_keras.metrics import (bootstrap_intervals, classification_metrics, format_difference, headline_metrics,
-                               paired_bootstrap_difference)
+                               paired_bootstrap_difference, softmax)
 
 
 def test_classification_metrics_on_a_known_case():
@@ -53,3 +53,9 @@ def test_headline_metrics_agree_with_the_full_metrics():
     full = classification_metrics(labels, logits)
     assert headline_metrics(labels, logits.argmax(1)) == {k: round(full[k], 4)
                                                          for k in ("top1", "balanced_accuracy", "macro_f1")}
+
+
+def test_softmax_is_over_classes_and_stable_for_large_logits():
+    logits = np.array([[1000.0, 1000.0, 0.0], [0.0, np.log(3.0), -np.inf]])
+    np.testing.assert_allclose(softmax(logits), [[0.5, 0.5, 0.0], [0.25, 0.75, 0.0]], atol=1e-15)
+    assert softmax(logits.astype(np.float32)).dtype == np.float32

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import log_softmax
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras import CLASSES
@@ -102,11 +103,6 @@ def fit_offsets(logits: np.ndarray, labels: np.ndarray, objective: str = "macro_
 # Temperature and expected calibration error
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T > 0 minimizing the negative log-likelihood of softmax(logits / T) (bounded 1-D search)."""
     from scipy.optimize import minimize_scalar
@@ -114,7 +110,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
 
     def nll(log_t):
-        return -np.mean(_log_softmax(logits / np.exp(log_t))[np.arange(len(labels)), labels])
+        return -np.mean(log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels])
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
@@ -122,10 +118,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def reliability(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0, bins: int = ECE_BINS) -> dict:
     """Top-label ECE over ``bins`` equal-width confidence bins, with the per-bin table for the diagram."""
-    probs = np.exp(_log_softmax(np.asarray(logits, np.float64) / temperature))
+    probs = np.exp(log_softmax(np.asarray(logits, np.float64) / temperature, axis=1))
     confidence, predictions = probs.max(1), probs.argmax(1)
     correct = predictions == np.asarray(labels)
     edges = np.linspace(0.0, 1.0, bins + 1)
+    # sklearn's calibration_curve bins the same way but drops empty bins and returns no counts, which ECE needs
     index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     table, ece = [], 0.0
     for b in range(bins):

@@ -140,6 +140,14 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from qana_keras.export import export_run
+
+    export_run(args.run, fmt=args.format, representative=args.representative, seed=args.seed,
+               overwrite=args.overwrite, cache_dir=args.cache_dir, command=shlex.join(["qana", *args.argv]))
+    return 0
+
+
 def cmd_hardware_table(args) -> int:
     from qana_keras.hardware import write_hardware_table
 
@@ -429,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke profile (make all QUICK=1): <= 600 test images; "
                                                         "the figures mean nothing")
     p.set_defaults(func=cmd_deploy)
+
+    p = verbs.add_parser("export", help="a run's float model as a fully-int8 TFLite model for CPUs/MCUs (not "
+                                        "Akida), evaluated on the test split; writes <variant>_int8.tflite, export.json")
+    p.add_argument("--run", required=True, help="run folder (or its <variant>_float.h5) with config.yaml")
+    p.add_argument("--format", default="tflite", help="tflite (the only format: full int8, int8 input and output)")
+    p.add_argument("--representative", type=int, default=300, help="training images calibrating the quantization")
+    p.add_argument("--seed", type=int, default=0, help="seed of the representative-image draw")
+    p.add_argument("--cache-dir", help="decoded-image cache (default: $QANA_CACHE_DIR, else the run config's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.set_defaults(func=cmd_export)
 
     p = verbs.add_parser("hardware-table", help="every published .fbz x every standard Akida device (passes, NPs, "
                                                 "program bytes, MACs) with its test accuracy from its folder's JSON")

@@ -463,10 +463,12 @@ def load_quantized(path: str | Path) -> keras.Model:
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
-    """Logits (N, classes) from a Keras model, an akida.Model or a HybridModel, all fed uint8 images."""
+    """Logits (N, classes) from a Keras model, an akida.Model, a HybridModel or a TFLiteModel, all fed uint8 images."""
+    from qana_keras.export import TFLiteModel
+
     if isinstance(model, keras.Model):
         return model.predict(images, batch_size=batch_size, verbose=0)
-    if isinstance(model, HybridModel):
+    if isinstance(model, (HybridModel, TFLiteModel)):
         return model.predict(images, batch_size=batch_size)
     return akida_logits(model, images, batch_size)
 

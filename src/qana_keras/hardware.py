@@ -4,7 +4,8 @@ Per model and device: one pass / N passes / does not map / "IP vN only", NPs use
 IP version, MACs, ``compute_min_device`` sizes, and the HAM10000 test accuracy of the integer model read
 from the JSON its folder already holds (``integer_accuracy``; nothing is re-evaluated), and the chip figures
 of the ``board.json`` (``board_i8_w4_a4.json`` for a 4-bit model) written by ``qana deploy`` on a board for
-that model (``board_figures``). Writes ``reports/hardware/hardware_table.md`` and
+that model (``board_figures``); beside the folder's 8-bit Akida model, its CPU/MCU TFLite int8 export
+(``tflite_export``: `qana export`, not Akida). Writes ``reports/hardware/hardware_table.md`` and
 ``.json`` and, with ``readme``, the ``report:hardware-table`` block of the README.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from qana_keras.devices import NO_BOARD_NOTE, STANDARD_DEVICES
 from qana_keras.io import atomic_write_text, read_classes, read_json, write_json
 from qana_keras.plots import plot_accuracy_vs_cost
-from qana_keras.safe_load import load_akida_model, reports_naming
+from qana_keras.safe_load import inside_folder, load_akida_model, reports_naming
 
 BLOCK = "report:hardware-table"
 
@@ -113,6 +114,33 @@ def board_figures(fbz: Path) -> dict:
     return {"measured_on_chip": False, "note": NO_BOARD_NOTE}
 
 
+TFLITE_LABEL = "CPU/MCU TFLite int8 (not Akida)"
+
+
+def tflite_export(fbz: Path) -> dict | None:
+    """The `qana export` TFLite int8 model of the float model behind ``fbz`` (the 8-bit Akida model its folder's
+    ``conversion.json`` names, converted from the float model ``export.json`` names): size, HAM10000 test
+    figures and argmax agreement with the float model, from ``export.json``; None without one."""
+    path = fbz.parent / "export.json"
+    converted = [report for source, report in reports_naming(fbz) if source.name == "conversion.json"]
+    if not path.is_file() or not converted:
+        return None
+    export = read_json(path)
+    figures = _test_figures(path, export, ("artifacts.tflite", "artifacts.float", "bytes", "test.tflite_int8.top1",
+                                           "test.tflite_int8.balanced_accuracy", "test.tflite_int8.macro_f1",
+                                           "test.argmax_agreement", "test.n_images"))
+    if figures["float"] != converted[0]["artifacts"].get("float"):
+        return None  # exported from another float model than the one converted for Akida
+    tflite = inside_folder(fbz.parent, figures["tflite"], path)
+    if not tflite.is_file() or tflite.stat().st_size != figures["bytes"]:
+        raise ValueError(f"{path}: records {figures['tflite']} of {figures['bytes']:,} bytes, but "
+                         f"{'its size differs' if tflite.is_file() else 'it is missing'}; re-run qana export "
+                         f"--run {fbz.parent} --overwrite")
+    return {"label": TFLITE_LABEL, "file": figures["tflite"], "source": path.name,
+            **{k: figures[k] for k in ("bytes", "top1", "balanced_accuracy", "macro_f1", "argmax_agreement",
+                                       "n_images")}}
+
+
 def model_entry(fbz: Path, root: Path) -> dict:
     """The table's record for one ``.fbz``: IP, MACs, classes, every standard device, compute_min_device, board."""
     from qana_keras.devices import device_reports, ip_of, min_device_report
@@ -127,7 +155,8 @@ def model_entry(fbz: Path, root: Path) -> dict:
             "accuracy": integer_accuracy(fbz),
             "devices": {r["device"]: _slim(r) for r in device_reports(model)},
             "compute_min_device": min_device_report(model),
-            "chip": board_figures(fbz)}
+            "chip": board_figures(fbz),
+            "tflite_int8": tflite_export(fbz)}
 
 
 def _slim(row: dict) -> dict:
@@ -179,6 +208,13 @@ def _chip(chip: dict) -> str:
             + f" on {chip['device']}")
 
 
+def _tflite(t: dict | None) -> str:
+    if not t:
+        return "—"
+    return (f"{_fmt(t['top1'])} / {_fmt(t['balanced_accuracy'])} / {_fmt(t['macro_f1'])}, {t['bytes']:,} B "
+            f"(`{t['file']}`; argmax = float on {t['argmax_agreement']:.1%})")
+
+
 def _min(m: dict) -> str:
     if m.get("one_pass_nps") is None and m.get("hwpr_nps") is None:
         return "n/a (v2 only)" if "v2" in str(m.get("one_pass_error")) else "n/a"
@@ -188,7 +224,8 @@ def _min(m: dict) -> str:
 def render_markdown(data: dict) -> str:
     """The table (models x devices) with a legend; every figure comes from ``data`` (``build_table``)."""
     header = ["model", "IP", "MACs", "top-1 / bal. acc. / macro-F1 (test)",
-              *[d["name"] for d in data["devices"]], "min NPs (1 pass / HwPr)", "chip latency, energy"]
+              *[d["name"] for d in data["devices"]], "min NPs (1 pass / HwPr)", "chip latency, energy",
+              f"{TFLITE_LABEL}: top-1 / bal. acc. / macro-F1 (test), size"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in data["models"]:
         a = m["accuracy"]
@@ -199,7 +236,8 @@ def render_markdown(data: dict) -> str:
                                     if m.get("hybrid_cut_after") else "")
         lines.append("| " + " | ".join([name, m["ip"], macs, acc,
                                         *[_cell(m["devices"][d["name"]]) for d in data["devices"]],
-                                        _min(m["compute_min_device"]), _chip(m["chip"])]) + " |")
+                                        _min(m["compute_min_device"]), _chip(m["chip"]),
+                                        _tflite(m.get("tflite_int8"))]) + " |")
     measured = any(m["chip"].get("measured_on_chip") for m in data["models"])
     chip_note = ("Chip latency and energy: from the `board.json` that `qana deploy` wrote on a real board." if measured
                  else f"Chip latency and energy: only from a `board.json` that `qana deploy` writes on a real board; "
@@ -215,7 +253,9 @@ def render_markdown(data: dict) -> str:
         "(`qana evaluate` of this .fbz), `fidelity.json` (`qana deploy`, Akida simulator), or `learn_*.json` "
         "(`qana learn`: exact integer emulation of the written readout; class-incremental rows: accuracy and "
         "macro-F1 over the classes learned so far, no balanced accuracy). 5-class models are scored on their 5 "
-        "classes. MACs: `akida.Model.macs` (akida reports none for IP v1 models).",
+        "classes. MACs: `akida.Model.macs` (akida reports none for IP v1 models). "
+        f"{TFLITE_LABEL}: `qana export` of the float model the folder's Akida model was converted from (full-integer "
+        "TFLite for CPUs and microcontrollers, run with the TFLite interpreter; figures from `export.json`).",
         "min NPs: `akida.compute_min_device` without and with `enable_hwpr` (— where akida cannot size it).",
         chip_note,
     ]

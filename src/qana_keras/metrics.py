@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.special
 from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, roc_auc_score)
 
@@ -9,9 +10,8 @@ from qana_keras import CLASSES
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Softmax over the classes (axis 1) of (N, classes) logits."""
+    return scipy.special.softmax(logits, axis=1)
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int = len(CLASSES)) -> float:

@@ -10,6 +10,9 @@ nested models included, must be in ``ALLOWED_LAYERS``: the tf_keras built-ins th
 Akida: the akida library segfaults on a truncated ``.fbz``. ``conversion*.json`` records each artifact's
 size and SHA-256 (``checksums``), verified when present; and every ``.fbz`` is first opened in a child
 process, so a crash there becomes an error here. The result is cached per (path, size, mtime).
+
+TFLite: a ``.tflite`` must be a TFLite flatbuffer (file identifier ``TFL3`` at bytes 4..8) and match the size and
+SHA-256 that ``qana export`` records in ``export.json``, when it records one.
 """
 from __future__ import annotations
 
@@ -267,11 +270,64 @@ def load_akida_model(path: str | Path):
     return akida.Model(str(path))
 
 
+# --------------------------------------------------------------------------------------------------
+# TFLite .tflite
+
+TFLITE_IDENTIFIER = b"TFL3"
+"""The flatbuffer file identifier of a TFLite model, at bytes 4..8."""
+
+
+def check_tflite_artifact(path: str | Path, verify: bool = True) -> bytes:
+    """The bytes of the TFLite model at ``path``; refused unless it is a TFLite flatbuffer and (``verify``) matches
+    the size and SHA-256 recorded in the ``export.json`` beside it."""
+    path = Path(path)
+    _require_file(path, "TFLite .tflite model")
+    content = path.read_bytes()
+    if content[4:8] != TFLITE_IDENTIFIER:
+        raise ArtifactError(f"{path}: not a TFLite model (no {TFLITE_IDENTIFIER.decode()} flatbuffer identifier at "
+                            "bytes 4..8); re-create it with qana export")
+    record = None
+    if verify and (path.parent / "export.json").is_file():
+        try:
+            record = (read_json(path.parent / "export.json").get("checksums") or {}).get(path.name)
+        except (ValueError, AttributeError):
+            raise ArtifactError(f"{path.parent / 'export.json'}: not an export report (a JSON object); re-run "
+                                "qana export --overwrite") from None
+    if isinstance(record, dict) and (len(content) != record.get("bytes") or _sha256(content) != record.get("sha256")):
+        raise ArtifactError(f"{path}: {len(content)} bytes, not the {record.get('bytes')} bytes and SHA-256 recorded "
+                            f"in {path.parent / 'export.json'}: changed or truncated since export; re-run qana export "
+                            "--overwrite")
+    return content
+
+
+def _sha256(content: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(content).hexdigest()
+
+
+def load_tflite_model(path: str | Path, verify: bool = True):
+    """A ``qana_keras.export.TFLiteModel`` from ``path``, checked first (``check_tflite_artifact``)."""
+    from qana_keras.export import TFLiteModel
+
+    path = Path(path)
+    content = check_tflite_artifact(path, verify)
+    try:
+        return TFLiteModel(content, path.name)
+    except (ValueError, RuntimeError) as error:  # the interpreter verifies the flatbuffer
+        raise ArtifactError(f"{path}: not a readable TFLite model ({' '.join(str(error).split())}); re-create it "
+                            "with qana export") from None
+
+
 def load_model_file(path: str | Path):
-    """A Keras model from ``.h5`` or an ``akida.Model`` from ``.fbz``, checked first (no hybrid reassembly)."""
+    """A Keras model from ``.h5``, an ``akida.Model`` from ``.fbz`` or a ``TFLiteModel`` from ``.tflite``, checked
+    first (no hybrid reassembly)."""
     path = Path(path)
     if path.suffix == ".h5":
         return load_keras_model(path)
     if path.suffix == ".fbz":
         return load_akida_model(path)
-    raise ArtifactError(f"{path}: unknown model format {path.suffix!r}; expected .h5 (Keras) or .fbz (Akida)")
+    if path.suffix == ".tflite":
+        return load_tflite_model(path)
+    raise ArtifactError(f"{path}: unknown model format {path.suffix!r}; expected .h5 (Keras), .fbz (Akida) or "
+                        ".tflite (TFLite, from qana export)")

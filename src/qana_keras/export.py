@@ -1,0 +1,261 @@
+"""`qana export`: a run's float Keras model as a fully-int8 TFLite model for CPUs and microcontrollers (not Akida).
+
+``export_run`` converts ``<variant>_float.h5`` with ``tf.lite.TFLiteConverter`` (post-training full-integer
+quantization: int8 weights and activations, int32 biases, int8 input and output), calibrated on a few hundred
+training images of the run's split, then evaluates the ``.tflite`` on the HAM10000 lesion-level test split
+against the float model. It writes to the run folder:
+  <variant>_int8.tflite   the model (input: int8 pixels, ``q = pixel / scale + zero_point``; output: int8 logits)
+  export.json             size and SHA-256, input/output dtypes and quantization, TensorFlow version, the
+                          representative images, test metrics of both models and their argmax agreement
+
+The models take raw 0..255 pixels (a ``Rescaling(1/255)`` layer inside) through a uint8 input; a uint8 input
+would leave a float CAST + QUANTIZE at the start of the TFLite graph, so the model is first rebuilt with a
+float32 input (same layers and weights), which the converter then replaces by an int8 one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+from qana_keras.io import RunFolderError, atomic_path, write_json
+
+FORMATS = ("tflite",)
+EXPORT_REPORT = "export.json"
+PROGRESS_SECONDS = 30.0
+
+
+class TFLiteModel:
+    """A ``.tflite`` classifier fed uint8 pixels like the other models: inputs are quantized to the model's input
+    type, outputs dequantized to float logits. Load it through ``safe_load.load_tflite_model``."""
+
+    def __init__(self, content: bytes, name: str = "model.tflite"):
+        self.name = name
+        self.interpreter, self.interpreter_name = _interpreter(content)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self._batch = int(self._input["shape"][0])
+        self.input_shape = (None, *(int(d) for d in self._input["shape"][1:]))
+        self.output_shape = (None, *(int(d) for d in self._output["shape"][1:]))
+
+    def tensor_info(self, which: str) -> dict:
+        """dtype, shape and (scale, zero point) of the model's input or output tensor."""
+        detail = self._input if which == "input" else self._output
+        scale, zero_point = detail["quantization"]
+        return {"name": detail["name"], "dtype": np.dtype(detail["dtype"]).name,
+                "shape": [int(d) for d in detail["shape"]], "scale": float(scale), "zero_point": int(zero_point)}
+
+    def float_tensors(self) -> list[str]:
+        """Names of the float32 tensors in the graph: none in a fully-integer model."""
+        return [t["name"] for t in self.interpreter.get_tensor_details() if np.dtype(t["dtype"]) == np.float32]
+
+    def quantize_input(self, images: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._input["dtype"])
+        scale, zero_point = self._input["quantization"]
+        if dtype.kind == "f" or not scale:
+            return images.astype(dtype)
+        info = np.iinfo(dtype)
+        return np.clip(np.round(images.astype(np.float32) / scale) + zero_point, info.min, info.max).astype(dtype)
+
+    def dequantize_output(self, values: np.ndarray) -> np.ndarray:
+        scale, zero_point = self._output["quantization"]
+        if np.dtype(self._output["dtype"]).kind == "f" or not scale:
+            return values.astype(np.float32)
+        return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+    def predict(self, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
+        """Float logits (N, classes) of uint8 images (N, H, W, 3)."""
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            chunk = self.quantize_input(images[start:start + batch_size])
+            if len(chunk) != self._batch:
+                self.interpreter.resize_tensor_input(self._input["index"], [len(chunk), *self.input_shape[1:]])
+                self.interpreter.allocate_tensors()
+                self._batch = len(chunk)
+            self.interpreter.set_tensor(self._input["index"], chunk)
+            self.interpreter.invoke()
+            outputs.append(self.dequantize_output(self.interpreter.get_tensor(self._output["index"])))
+        return np.concatenate(outputs).reshape(len(images), -1)
+
+
+def _interpreter(content: bytes):
+    """(interpreter, its name): LiteRT's if installed (``ai_edge_litert``), else ``tf.lite.Interpreter``."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter(model_content=content), "ai_edge_litert.interpreter.Interpreter"
+    except ImportError:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():  # "deprecated ... use ai_edge_litert": not installed here, see above
+            warnings.simplefilter("ignore", UserWarning)
+            return tf.lite.Interpreter(model_content=content), "tf.lite.Interpreter"
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversion
+
+
+def with_float_input(model):
+    """``model`` rebuilt with a float32 input of the same shape (same layers, same weights)."""
+    import tf_keras as keras
+
+    inputs = keras.Input(shape=model.input_shape[1:], dtype="float32", name=model.input_names[0])
+    clone = keras.models.clone_model(model, input_tensors=inputs)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def to_int8_tflite(model, representative: np.ndarray) -> bytes:
+    """A fully-int8 TFLite flatbuffer of the float Keras ``model``, calibrated on ``representative`` uint8 images
+    (int8 input = pixel - 128, lossless)."""
+    import tensorflow as tf
+
+    def samples():
+        for i, image in enumerate(representative):
+            image = image[None].astype(np.float32)
+            if i == 0:  # one black and one white pixel: the int8 input then covers 0..255 exactly (scale 1,
+                image[0, 0, :2] = [[0.0], [255.0]]  # zero point -128), not just the range these images happen to span
+            yield [image]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(with_float_input(model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = samples
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # fail rather than keep a float op
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+# --------------------------------------------------------------------------------------------------
+# The run-level verb
+
+
+def export_paths(run_dir: Path, variant: str) -> dict[str, Path]:
+    """The float model a TFLite export reads and what it writes."""
+    return {"float": run_dir / f"{variant}_float.h5", "tflite": run_dir / f"{variant}_int8.tflite",
+            "report": run_dir / EXPORT_REPORT}
+
+
+def resolve_run(run_or_model: str | Path) -> tuple[Path, Path]:
+    """(run folder, its float .h5) from a run folder or a ``<variant>_float.h5`` inside one."""
+    from qana_keras.config import load_config
+
+    path = Path(run_or_model)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; pass a run folder (e.g. runs/qana, models/qana) or the "
+                                "<variant>_float.h5 inside one")
+    run_dir = path.parent if path.is_file() else path
+    if not (run_dir / "config.yaml").is_file():
+        raise RunFolderError(f"{run_dir / 'config.yaml'} not found; export needs the run's config (its split and "
+                             "image size): pass a folder made by qana train")
+    variant = load_config(run_dir / "config.yaml").model.variant
+    float_path = path if path.is_file() else export_paths(run_dir, variant)["float"]
+    if float_path.suffix != ".h5" or not float_path.is_file():
+        raise FileNotFoundError(f"{float_path}: no float Keras model; train one first (`qana train --run {run_dir}`) "
+                                "or pass the run's <variant>_float.h5")
+    return run_dir, float_path
+
+
+def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: int = 300, seed: int = 0,
+               overwrite: bool = False, cache_dir: str | None = None, batch_size: int = 100,
+               command: str | None = None, log=print) -> dict:
+    """Export the float model of a run to ``fmt`` (only "tflite": full int8), evaluate it on the test split
+    beside the float model, and write ``<variant>_int8.tflite`` and ``export.json``; returns the report."""
+    import tensorflow as tf
+
+    from qana_keras.config import load_config
+    from qana_keras.data.dataset import load_splits, run_classes
+    from qana_keras.deploy import run_with_progress
+    from qana_keras.evaluate import cache_dir_for
+    from qana_keras.safe_load import file_record, load_keras_model, load_tflite_model
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use --format {' or '.join(FORMATS)}")
+    if not isinstance(representative, int) or representative < 1:
+        raise ValueError(f"--representative {representative}: give a positive number of training images")
+    began = time.perf_counter()
+    run_dir, float_path = resolve_run(run_or_model)
+    config = load_config(run_dir / "config.yaml")
+    paths = export_paths(run_dir, float_path.stem.removesuffix("_float"))
+    existing = [str(p) for key, p in paths.items() if key != "float" and p.exists()]
+    if existing and not overwrite:
+        raise RunFolderError(f"export artifacts already exist ({', '.join(existing)}); pass --overwrite to replace "
+                             "them")
+    config.data = dataclasses.replace(config.data, cache_dir=cache_dir_for(cache_dir, config.data))
+    classes = run_classes(config.data)
+
+    model = load_keras_model(float_path)
+    data = load_splits(config.data, seed=seed, log=log)
+    train, test = data["train"], data["test"]
+    picked = np.sort(np.random.default_rng(seed).choice(len(train), size=min(representative, len(train)),
+                                                        replace=False))
+    log(f"converting {float_path.name} to int8 TFLite, calibrated on {len(picked)} training images ...")
+    t0 = time.perf_counter()
+    content = to_int8_tflite(model, train.images[picked])
+    convert_seconds = time.perf_counter() - t0
+    with atomic_path(paths["tflite"]) as tmp:
+        tmp.write_bytes(content)
+    log(f"wrote {paths['tflite']} ({len(content):,} bytes, {convert_seconds:.0f} s)")
+
+    tflite = load_tflite_model(paths["tflite"], verify=False)  # the report with its checksum is not written yet
+    t0 = time.perf_counter()
+    int8_logits = run_with_progress(tflite, test.images, "TFLite int8 (CPU)", batch_size, PROGRESS_SECONDS, log=log)[0]
+    tflite_seconds = time.perf_counter() - t0
+    float_logits = run_with_progress(model, test.images, "float Keras", 256, PROGRESS_SECONDS, log=log)[0]
+    report = {
+        "format": fmt,
+        "precision": "full integer: int8 weights and activations, int32 biases, int8 input and output",
+        "target": "CPU/MCU TFLite int8 (not Akida)",
+        "artifacts": {"float": float_path.name, "tflite": paths["tflite"].name},
+        "checksums": {paths["tflite"].name: file_record(paths["tflite"])},
+        "bytes": len(content),
+        "float_h5_bytes": float_path.stat().st_size,
+        "input": {**tflite.tensor_info("input"),
+                  "feed": "q = round(pixel / scale) + zero_point for RGB pixels 0..255 resized like training"},
+        "output": {**tflite.tensor_info("output"), "read": "logit = (q - zero_point) * scale"},
+        "float_tensors": tflite.float_tensors(),
+        "representative": {"split": "train", "images": int(len(picked)), "seed": seed,
+                           "picked": "numpy default_rng(seed).choice over the training split, without replacement"},
+        "tensorflow": tf.__version__,
+        "interpreter": tflite.interpreter_name,
+        "test": compare_on_test(test, {"float": float_logits, "tflite_int8": int8_logits}, classes, seed),
+        "seconds": {"convert": round(convert_seconds, 1), "evaluate_tflite": round(tflite_seconds, 1),
+                    "total": round(time.perf_counter() - began, 1)},
+        "command": command,
+    }
+    write_json(paths["report"], report)
+    t, f = report["test"]["tflite_int8"], report["test"]["float"]
+    log(f"TFLite int8 on test ({report['test']['n_images']} images): top-1 {t['top1']:.4f} (float {f['top1']:.4f})  "
+        f"balanced acc {t['balanced_accuracy']:.4f} ({f['balanced_accuracy']:.4f})  macro-F1 {t['macro_f1']:.4f} "
+        f"({f['macro_f1']:.4f})  argmax agreement {report['test']['argmax_agreement']:.4f}; wrote {paths['report']}")
+    return report
+
+
+def compare_on_test(test, logits: dict[str, np.ndarray], classes, seed: int = 0, n_boot: int = 1000) -> dict:
+    """Top-1, balanced accuracy, macro-F1 (lesion-bootstrap 95% intervals) of each model on the test split, the
+    paired difference tflite_int8 - float, and how often their argmax agree."""
+    from qana_keras.metrics import classification_metrics, confusion_bootstrap, paired_confusion_bootstrap
+
+    groups = test.frame["lesion_id"].astype(str).to_numpy()
+    k = len(classes)
+    out = {"split": "test", "n_images": int(len(test)), "n_lesions": int(len(np.unique(groups))),
+           "classes": list(classes)}
+    for name, values in logits.items():
+        m = classification_metrics(test.labels, values, classes)
+        ci = confusion_bootstrap(test.labels, values.argmax(1), groups, list(range(k)), k, n_boot, seed,
+                                 classes=classes)
+        out[name] = {key: m[key] for key in ("top1", "balanced_accuracy", "macro_f1", "macro_auc")}
+        out[name]["bootstrap_95"] = {key: ci[key] for key in ("top1", "balanced_accuracy", "macro_f1")}
+    out["argmax_agreement"] = float(np.mean(logits["float"].argmax(1) == logits["tflite_int8"].argmax(1)))
+    out["max_abs_logit_difference"] = float(np.max(np.abs(logits["float"] - logits["tflite_int8"])))
+    out["paired_difference_tflite_int8_minus_float"] = paired_confusion_bootstrap(
+        test.labels, logits["float"].argmax(1), logits["tflite_int8"].argmax(1), groups, list(range(k)), k,
+        n_boot, seed)
+    return out
