@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from fixtures import write_ham10000_fixture
 
 import qana_keras  # noqa: F401
+from qana_keras import hardware_cost
 from qana_keras.config import ModelConfig, load_config
 from qana_keras.models import keras
 from qana_keras.models.qana import MODEL_BUILDERS, build_model
@@ -23,14 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str):
-    sys.path.insert(0, str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-hardware_cost = _script("hardware_cost")
 
 
 def layer_names(model) -> set[str]:
