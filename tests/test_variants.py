@@ -160,3 +160,18 @@ def test_ablations_script_end_to_end_on_the_fixture(tmp_path):
     assert ablations.main(argv[:1] + argv[2:]) == 0
     again = json.loads((out / "qana-no-se.json").read_text())
     assert again["seconds"]["train"] == 0 and again["test"] == rows["qana-no-se"]["test"]
+
+
+def test_hardware_cost_verb_lists_the_models_and_renders_a_table(tmp_path, capsys):
+    from qana_keras.cli import main
+    from qana_keras.reporting.studies import hardware_cost_table
+
+    assert main(["hardware-cost", "--list"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(hardware_cost.MODELS)
+    rows = json.loads((REPO / "models" / "hardware_cost.json").read_text())
+    markdown = tmp_path / "cost.md"
+    assert main(["hardware-cost", "--render", str(REPO / "models" / "hardware_cost.json"),
+                 "--markdown", str(markdown)]) == 0
+    assert markdown.read_text() == hardware_cost_table(rows) + "\n"
+    assert main(["hardware-cost", "no-such-model"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown model(s) no-such-model; known: qana,")

@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding src/qana_keras/ (also config.REPO_ROOT)
+
+
 class RunFolderError(RuntimeError):
     """A run folder is missing, or would be overwritten without being asked to."""
 
@@ -88,8 +91,6 @@ def display_path(path: str | Path, *roots: str | Path) -> str:
     """``path`` as messages, reports and notebook outputs show it, without one machine's folders: relative to the
     first of ``roots`` holding it (default: the repository, then the working directory, then the folders of
     ``PATH_VARIABLES``, as ``$QANA_DATA_DIR/...``), else as given."""
-    from qana_keras.config import REPO_ROOT
-
     absolute = Path(path).absolute()
     for root in roots or (REPO_ROOT, Path.cwd()):
         if absolute.is_relative_to(Path(root).absolute()):
