@@ -12,7 +12,6 @@ import numpy as np
 from qana_keras import CLASSES
 from qana_keras.io import atomic_path, read_json, write_json
 
-
 EMBEDDINGS = ("quantized", "float")
 SAMPLERS = ("none", "smote", "borderline", "svm", "adasyn")
 
