@@ -118,7 +118,7 @@ ABLATION_EPOCHS ?= 60
 ABLATION_FLAGS ?=
 
 hardware-cost: $(STAMP) ## params, MACs, NPs, one pass, program size of every ablation/baseline on Akida 2.0 (untrained)
-	$(VENV)/bin/python scripts/hardware_cost.py --json runs/ablations/hardware_cost.json --markdown runs/ablations/hardware_cost.md
+	$(QANA) hardware-cost --json runs/ablations/hardware_cost.json --markdown runs/ablations/hardware_cost.md
 
 ablations: $(STAMP) ## train+convert+evaluate ABLATIONS into runs/ablations/<name>.json (one: make ablation-<name>)
 	$(VENV)/bin/python scripts/ablations.py $(ABLATIONS) --epochs $(ABLATION_EPOCHS) $(ABLATION_FLAGS)

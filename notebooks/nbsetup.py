@@ -1,7 +1,7 @@
 """Where the notebooks read and write: quick mode (CI) or full mode (the real data and models/qana).
 
 Quick mode (``QANA_NOTEBOOK_QUICK=1``, or ``QUICK = True`` in a notebook's parameters cell): a synthetic
-HAM10000 fixture (tests/fixtures.py), a tiny-width QANA at 16x16 trained for one epoch, all under
+HAM10000 copy (``qana_keras.data.synthetic``), a tiny-width QANA at 16x16 trained for one epoch, all under
 runs/nb-quick/. It checks that every step runs, not how good the model is.
 
 Full mode (the default): the real data (``QANA_DATA_DIR``), the committed split, and the committed
@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # fixtures.py: the synthetic HAM10000 writer shared with the tests
-
-import qana_keras  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from qana_keras.config import Config, DataConfig, ModelConfig, load_config  # noqa: E402
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from qana_keras.config import REPO_ROOT as REPO
+from qana_keras.config import Config, DataConfig, ModelConfig, load_config
+from qana_keras.io import display_path
 
 REFERENCE = REPO / "models" / "qana"
 AKD1000_REFERENCE = REPO / "models" / "qana-akd1000"  # the 5-class Akida 1.0 model that learns on the chip
@@ -59,6 +57,12 @@ class Setup:
     def mode(self) -> str:
         return "quick (synthetic fixture, tiny model)" if self.quick else "full (real data, committed models/)"
 
+    def describe(self) -> str:
+        """Mode, data, split file and scratch folder, shown by ``display_path``: the outputs a notebook keeps must
+        not carry one machine's paths."""
+        return (f"mode: {self.mode}\ndata: {display_path(self.data.data_dir)}\n"
+                f"split file: {display_path(self.data.split_file)}\nscratch: {display_path(self.root)}")
+
     def figure(self, name: str) -> Path:
         (self.root / "figures").mkdir(parents=True, exist_ok=True)
         return self.root / "figures" / name
@@ -86,20 +90,20 @@ class Setup:
         return reference_copy(self.run, self.data)
 
     def write_fixture_masks(self) -> None:
-        """Quick mode: lesion masks of the fixture's blobs in the official layout (test_crop's writer)."""
+        """Quick mode: lesion masks of the fixture's blobs in the official layout."""
         from qana_keras.crop import MASK_DIR
 
         if self.quick and not (Path(self.data.data_dir) / MASK_DIR).is_dir():
-            from test_crop import write_masks
+            from qana_keras.data.synthetic import write_lesion_masks
 
-            write_masks(Path(self.data.data_dir))
+            write_lesion_masks(self.data.data_dir, MASK_DIR)
 
     def pad_ufes_dir(self) -> Path:
         """PAD-UFES-20: a synthetic copy in quick mode; else QANA_PAD_UFES_DIR or the shared copy beside the repository."""
         if self.quick:
             root = self.root / "pad_ufes_20"
             if not (root / "metadata.csv").exists():
-                from fixtures import write_pad_ufes_fixture
+                from qana_keras.data.synthetic import write_pad_ufes_fixture
 
                 write_pad_ufes_fixture(root)
             return root
@@ -163,18 +167,16 @@ def setup(quick: bool | None = None, notebook: str = "") -> Setup:
     """The set-up of ``notebook`` for ``quick`` (None: from QANA_NOTEBOOK_QUICK). Quick mode writes the fixture once."""
     quick = quick_from_env(quick)
     if not quick:
-        from fixtures import real_data_dir
-
-        found = real_data_dir()  # QANA_DATA_DIR, else the shared copy beside the repository (as the Makefile)
-        data = DataConfig(data_dir=str(found)) if found and "QANA_DATA_DIR" not in os.environ else DataConfig()
+        shared = REPO.parent / "shared" / "data" / "ham10000"  # the copy beside the repository, as the Makefile
+        found = "QANA_DATA_DIR" not in os.environ and (shared / "HAM10000_metadata.csv").is_file()
+        data = DataConfig(data_dir=str(shared)) if found else DataConfig()  # DataConfig reads QANA_DATA_DIR
         if not (Path(data.data_dir) / "HAM10000_metadata.csv").is_file():
             raise FileNotFoundError(f"full mode needs the real HAM10000 in {data.data_dir} (set QANA_DATA_DIR), "
                                     "or run the notebook in quick mode: QANA_NOTEBOOK_QUICK=1")
         FULL_ROOT.mkdir(parents=True, exist_ok=True)
         return Setup(False, data, FULL_ROOT, notebook)
-    from fixtures import write_ham10000_fixture
-
     from qana_keras.data import ham10000, splits
+    from qana_keras.data.synthetic import write_ham10000_fixture
 
     root = QUICK_ROOT
     data_dir, split_file = root / "ham10000", root / "ham10000_lesion_split.csv"

@@ -5,7 +5,7 @@ usage: python scripts/ablations.py NAME [NAME ...] [--epochs 60] [--out runs/abl
        [--reference qana | --reference-run RUN] [--data DIR] [--set SECTION.KEY=VALUE ...]
        python scripts/ablations.py --list
 
-NAME is a key of ``MODELS`` in scripts/hardware_cost.py (qana, qana-no-sa-eca, qana-no-se,
+NAME is a key of ``MODELS`` in qana_keras.hardware_cost (`qana hardware-cost --list`) (qana, qana-no-sa-eca, qana-no-se,
 qana-no-attention, qana-32, qana-48, qana-96, akidanet-0.25, akidanet-0.5, plain-cnn): the reference
 recipe configs/qana.yaml plus that model's ``--set`` overrides, plus ``--epochs`` and ``--set``.
 Every model uses the same lesion-level split file and training seed.
@@ -19,8 +19,8 @@ Steps per model, each skipped when its output already exists (so a killed job re
 
 Row fields (``OUT/NAME.json``; ``*`` = fractions in [0, 1]):
   name, variant, overrides, epochs, image_size, seed, split_file, run_dir
-  params, macs, head_inputs              as scripts/hardware_cost.py (MACs of the float Keras graph)
-  hardware                               scripts/hardware_cost.py ``mapping_cost`` of the trained .fbz:
+  params, macs, head_inputs              as `qana hardware-cost` (MACs of the float Keras graph)
+  hardware                               qana_keras.hardware_cost ``mapping_cost`` of the trained .fbz:
                                          r_succ, min_device, one_pass, nps, nps_by_type, program_bytes,
                                          akida_macs, compute_min_device, devices (``compute_min_device.nps``
                                          is the smallest footprint; ``nps`` is what ``min_device`` uses)
@@ -51,15 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
-SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS))
-sys.path.insert(0, str(SCRIPTS.parent / "src"))
-
-import hardware_cost  # noqa: E402  (sets up qana_keras and tf_keras)
-
-from qana_keras import CLASSES  # noqa: E402
-from qana_keras.config import Config, load_config  # noqa: E402
-from qana_keras.io import RunFolderError, read_json, write_json  # noqa: E402
+from qana_keras import CLASSES, hardware_cost  # qana_keras first: it sets TF_USE_LEGACY_KERAS for tf_keras
+from qana_keras.config import REPO_ROOT, Config, load_config
+from qana_keras.io import RunFolderError, read_json, write_json
 from qana_keras.safe_load import load_akida_model, load_keras_model
 
 MODELS = hardware_cost.MODELS
@@ -232,7 +226,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help=f"models: {', '.join(MODELS)}")
     parser.add_argument("--epochs", type=int, help="override train.epochs of configs/qana.yaml (60)")
-    parser.add_argument("--out", default=str(hardware_cost.REPO / "runs" / "ablations"),
+    parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "ablations"),
                         help="rows OUT/NAME.json, run folders OUT/NAME/")
     parser.add_argument("--reference", default="qana", help="row the paired bootstrap compares against (in OUT)")
     parser.add_argument("--reference-run", help="pair against this existing converted run folder instead (read only)")

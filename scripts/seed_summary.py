@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from qana_keras.io import write_json
-from qana_keras.studies import SEED_COLUMNS, seed_table
+from qana_keras.reporting.studies import SEED_COLUMNS, seed_table
 
 KEYS = ("top1", "balanced_accuracy", "macro_f1")
 RARE = ("akiec", "df", "vasc")

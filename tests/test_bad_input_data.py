@@ -93,7 +93,9 @@ def _jpeg(progressive: bool = False, seed: int = 0) -> bytes:
 @pytest.mark.parametrize("progressive", [False, True])
 @pytest.mark.parametrize("fraction", [0.5, 0.8, 0.97])
 def test_jpeg_cut_short_but_ending_with_ffd9_is_refused(ham, tmp_path, progressive, fraction):
-    from qana_keras.data.ham10000 import DatasetError, read_rgb, validate
+    from qana_keras.data.checks import DatasetError
+    from qana_keras.data.ham10000 import validate
+    from qana_keras.data.images import read_rgb
 
     data = _jpeg(progressive)
     victim = sorted(ham.rglob("*.jpg"))[0]
@@ -108,7 +110,7 @@ def test_jpeg_cut_short_but_ending_with_ffd9_is_refused(ham, tmp_path, progressi
 
 @pytest.mark.parametrize("progressive", [False, True])
 def test_complete_jpeg_is_accepted(tmp_path, progressive):
-    from qana_keras.data.ham10000 import read_rgb
+    from qana_keras.data.images import read_rgb
 
     path = tmp_path / "ok.jpg"
     path.write_bytes(_jpeg(progressive) + b"\0\0")  # zero padding after the end marker is legal
@@ -149,7 +151,7 @@ def test_empty_pad_ufes_and_isic_are_errors(tmp_path):
     from fixtures import PAD_COLUMNS
 
     from qana_keras.data import isic2018, pad_ufes
-    from qana_keras.data.ham10000 import DatasetError
+    from qana_keras.data.checks import DatasetError
 
     (tmp_path / "pad" / "images").mkdir(parents=True)
     (tmp_path / "pad" / "metadata.csv").write_text(",".join(PAD_COLUMNS) + "\n")
@@ -162,7 +164,8 @@ def test_empty_pad_ufes_and_isic_are_errors(tmp_path):
 
 
 def test_symlink_out_of_the_data_folder_is_refused(ham, tmp_path, capsys):
-    from qana_keras.data.ham10000 import DatasetError, load_metadata
+    from qana_keras.data.checks import DatasetError
+    from qana_keras.data.ham10000 import load_metadata
 
     victim = sorted(ham.rglob("*.jpg"))[0]
     elsewhere = tmp_path / "elsewhere.jpg"
@@ -191,7 +194,7 @@ def test_symlink_out_of_pad_ufes_is_refused(tmp_path):
     from fixtures import write_pad_ufes_fixture
 
     from qana_keras.data import pad_ufes
-    from qana_keras.data.ham10000 import DatasetError
+    from qana_keras.data.checks import DatasetError
 
     root = write_pad_ufes_fixture(tmp_path / "pad", per_diagnostic=1, missing_per_diagnostic=0)
     victim = sorted((root / "images").iterdir())[0]
@@ -285,7 +288,7 @@ def test_bad_image_size_fails_before_the_folder_or_the_cache_is_touched(tmp_path
 def test_overwrite_with_a_bad_config_keeps_the_old_run(tmp_path):
     from test_train import tiny_config
 
-    from qana_keras.data.ham10000 import DatasetError
+    from qana_keras.data.checks import DatasetError
     from qana_keras.train import train
 
     config = tiny_config(tmp_path, epochs=1)
@@ -326,7 +329,7 @@ def test_replaced_run_is_moved_aside_and_a_failed_start_can_be_retried(tmp_path)
     caching) does not block a plain retry."""
     from test_train import tiny_config
 
-    from qana_keras.data.ham10000 import DatasetError
+    from qana_keras.data.checks import DatasetError
     from qana_keras.io import read_json
     from qana_keras.train import train
 

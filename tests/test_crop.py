@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 from fixtures import TINY_QANA as TINY, write_run_fixture
@@ -14,9 +13,9 @@ from qana_keras.crop import (MASK_DIR, CropParams, apply_fallback, box_iou, cent
                              combine_views, crop_box, crop_cache_params, load_cached_crops, mask_boxes, salient_box,
                              tile_boxes)
 from qana_keras.data import ham10000
+from qana_keras.data.synthetic import SKIN, write_lesion_masks
 
 QUIET = dict(log=lambda *_: None)
-SKIN = np.array([225, 180, 160])
 
 
 def tiny_model(size: int = 32, seed: int = 0):
@@ -28,29 +27,12 @@ def tiny_model(size: int = 32, seed: int = 0):
     return build_model(ModelConfig(**TINY), input_size=size)
 
 
-def write_masks(data_dir, scale: int = 3) -> dict:
-    """Official-layout masks (``scale`` times the image size, 0/255) of each fixture blob; returns true boxes."""
-    meta = ham10000.load_metadata(data_dir)
-    out_dir = data_dir / MASK_DIR
-    out_dir.mkdir(exist_ok=True)
-    boxes = {}
-    for image_id, path in zip(meta["image_id"], meta["path"]):
-        image = ham10000.read_rgb(path).astype(np.float32)
-        mask = (np.linalg.norm(image - SKIN, axis=2) > 60).astype(np.uint8) * 255
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # JPEG speckle
-        ys, xs = np.nonzero(mask)
-        boxes[image_id] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        big = cv2.resize(mask, (mask.shape[1] * scale, mask.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-        cv2.imwrite(str(out_dir / f"{image_id}_segmentation.png"), big)
-    return boxes
-
-
 @pytest.fixture(scope="module")
 def ham(tmp_path_factory):
     """A 200x150 HAM10000 fixture with masks, a split file and a tiny saved saliency model (with its config)."""
     root = tmp_path_factory.mktemp("crop")
     model_dir, config, data_dir = write_run_fixture(root, 4, size=(200, 150), image_size=32, folder="model")
-    boxes = write_masks(data_dir)
+    boxes = write_lesion_masks(data_dir, MASK_DIR)
     tiny_model().save(model_dir / "qana_float.h5", save_format="h5")
     return {"root": root, "data_dir": data_dir, "boxes": boxes, "config": config, "model": model_dir / "qana_float.h5"}
 
@@ -187,7 +169,7 @@ def test_mask_boxes_find_the_lesion_and_mask_crops_are_cached(ham):
     assert "made" in logs[0] and "loaded" in logs[1] and np.array_equal(first, again)
     # The crop holds mostly lesion: its centre pixel is the blob colour, not skin.
     centre = first[:, 16, 16].astype(float)
-    assert np.mean(np.linalg.norm(centre - SKIN, axis=1) > 60) > 0.9
+    assert np.mean(np.linalg.norm(centre - np.array(SKIN), axis=1) > 60) > 0.9
     data.crop = "none"
 
 

@@ -13,7 +13,9 @@ from PIL import Image, ImageFile
 from fixtures import REPO, real_data_dir, write_ham10000_fixture
 from qana_keras import CLASSES
 from qana_keras.data import ham10000
-from qana_keras.data.ham10000 import DatasetError, load_metadata, read_rgb, validate
+from qana_keras.data.checks import DatasetError
+from qana_keras.data.ham10000 import load_metadata, validate
+from qana_keras.data.images import read_rgb
 
 @pytest.fixture
 def ham(tmp_path) -> Path:

@@ -7,8 +7,9 @@ import pytest
 from fixtures import QUIET, random_images, write_run_fixture
 
 from qana_keras import CLASSES
-from qana_keras.head import (HeadConfig, equalization_rates, extract_embeddings, fit_head, fit_whitening, load_head, local_frames,
-                             minority_targets, oversample, safe_anchor_mask, save_head, with_dense)
+from qana_keras.head import equalization_rates, extract_embeddings, with_dense
+from qana_keras.head_fit import (HeadConfig, fit_head, fit_whitening, load_head, local_frames, minority_targets,
+                                 oversample, safe_anchor_mask, save_head)
 from qana_keras.io import RunFolderError, read_json
 
 K = len(CLASSES)
@@ -44,6 +45,32 @@ def test_whitening_decorrelates_train_and_keeps_the_top_components():
     assert 0 < w.explained_variance < 1
     with pytest.raises(ValueError, match="use --components <= 20"):
         fit_whitening(x, 21)
+
+
+def test_whitening_is_sklearn_pca_whiten_but_with_a_floor_on_empty_directions():
+    """Without the eps floor, fit_whitening is sklearn's exact PCA(whiten=True), at the real size (2,048-value
+    embeddings, 256 components); with it, near-empty directions keep a bounded gain."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    n, d, k = 2000, 2048, 256
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    x = (rng.standard_normal((n, d)) * np.geomspace(10, 0.01, d)) @ basis + 1.0  # a decaying spectrum
+    pca = PCA(k, whiten=True, svd_solver="covariance_eigh").fit(x)
+    exact = fit_whitening(x, k, eps=0.0)
+    np.testing.assert_allclose(exact.eigenvalues, pca.explained_variance_, rtol=1e-8)
+    ours, theirs = exact.transform(x[:200]), pca.transform(x[:200])
+    signs = np.sign(np.sum(ours * theirs, axis=0))  # each component's sign is a convention
+    np.testing.assert_allclose(ours, theirs * signs, atol=1e-8 * np.abs(theirs).max())
+
+    # 32 live directions, the rest nearly empty (ReLU channels that hardly ever fire): PCA(whiten=True) blows
+    # those up by 1/sqrt(eigenvalue); the eps floor (1e-5 of the largest eigenvalue) bounds their gain.
+    x = rng.standard_normal((500, 128)) * np.concatenate([np.geomspace(10, 0.5, 32), np.full(96, 1e-4)])
+    pca, floored = PCA(64, whiten=True, svd_solver="covariance_eigh").fit(x), fit_whitening(x, 64)
+    bound = 1 / np.sqrt(1e-5 * floored.eigenvalues[0])
+    assert floored.scale.max() <= bound < 0.01 / np.sqrt(pca.explained_variance_.min())
+    # live directions: the floor changes their scale by at most half of eps x largest / eigenvalue (< 0.3 %)
+    np.testing.assert_allclose(floored.scale[:32], 1 / np.sqrt(pca.explained_variance_[:32]), rtol=3e-3)
 
 
 def test_minority_targets_are_ratio_of_majority():
@@ -166,7 +193,7 @@ def test_folded_model_computes_head_of_whitened_embedding(tiny):
 
 
 def test_wrong_head_shape_is_refused(tiny):
-    from qana_keras.head import HeadError
+    from qana_keras.head_fit import HeadError
 
     model, *_ = tiny
     with pytest.raises(HeadError, match="'head/dense' of .* is \\(128, 7\\)"):
@@ -236,7 +263,8 @@ def tiny_run(tmp_path_factory):
 def test_head_run_writes_artifacts_and_refuses_to_overwrite(tiny_run):
     import tf_keras as keras
 
-    from qana_keras.head import head_run, load_head
+    from qana_keras.head import head_run
+    from qana_keras.head_fit import load_head
 
     config = HeadConfig(components=8, k_neighbors=2, safe_k=2, calibration=32, ratio=1.0)
     meta = head_run(tiny_run, config, n_boot=20, **QUIET)

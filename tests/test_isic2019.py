@@ -6,7 +6,7 @@ import pytest
 from fixtures import write_isic2019_fixture, write_ham10000_fixture
 
 from qana_keras.data import ham10000, isic2019, splits
-from qana_keras.data.ham10000 import DatasetError
+from qana_keras.data.checks import DatasetError
 
 ROWS = [("ISIC_0000001", "NV", "MSK4_1"), ("ISIC_0000002", "NV", "MSK4_1"),  # one lesion, two images
         ("ISIC_0000003_downsampled", "MEL", ""), ("ISIC_0000004", "AK", ""), ("ISIC_0000005", "BKL", ""),

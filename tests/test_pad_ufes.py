@@ -10,7 +10,7 @@ import pytest
 from fixtures import REPO, write_isic2018_fixture, write_pad_ufes_fixture
 from qana_keras import CLASSES
 from qana_keras.data import isic2018, pad_ufes
-from qana_keras.data.ham10000 import DatasetError
+from qana_keras.data.checks import DatasetError
 
 # --- PAD-UFES-20 ---------------------------------------------------------------------------------------
 

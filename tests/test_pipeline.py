@@ -5,6 +5,7 @@ from fixtures import write_ham10000_fixture
 
 from qana_keras.config import TrainConfig
 from qana_keras.data import ham10000
+from qana_keras.data.checks import DatasetError
 from qana_keras.data.cache import load_cached_images
 from qana_keras.data.pipeline import class_weights, make_dataset
 
@@ -72,5 +73,5 @@ def test_cache_names_a_corrupt_image(tmp_path):
     paths = ham10000.load_metadata(root)["path"].tolist()
     with open(paths[3], "r+b") as f:
         f.truncate(200)
-    with pytest.raises(ham10000.DatasetError, match=paths[3].rsplit("/", 1)[1]):
+    with pytest.raises(DatasetError, match=paths[3].rsplit("/", 1)[1]):
         load_cached_images(paths, 24, tmp_path / "cache", log=lambda *_: None)

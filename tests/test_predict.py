@@ -74,7 +74,7 @@ def test_predict_single_image_exit_0_and_classes_json(tmp_path, tiny_qana, image
 
 def test_predict_h5_matches_the_keras_model(tmp_path, tiny_qana, image_folder):
     from qana_keras.data.cache import resize_image
-    from qana_keras.data.ham10000 import read_rgb
+    from qana_keras.data.images import read_rgb
     from qana_keras.metrics import softmax
     from qana_keras.predict import predict_images
 

@@ -13,8 +13,10 @@ from fixtures import REPO, write_ham10000_fixture, write_pad_ufes_fixture
 from qana_keras import CLASSES
 from qana_keras.evaluate import evaluation_metrics
 from qana_keras.io import read_json, write_json
-from qana_keras.report import (ReportError, ablation_result, build_report, fill_ablation_row, fingerprint, fmt_ci,
-                               load_ablation, render_ablation, replace_block, rewrite_block)
+from qana_keras.markdown import ReportError, fmt_ci, replace_block, rewrite_block
+from qana_keras.reporting.ablations import ablation_result, fill_ablation_row, load_ablation, render_ablation
+from qana_keras.reporting.evaluations import fingerprint
+from qana_keras.reporting.report import build_report
 
 QUIET = dict(log=lambda *_: None)
 COMMITTED = REPO / "models" / "qana"
@@ -157,7 +159,8 @@ def test_report_from_committed_json_without_evaluating(tmp_path):
 
 
 def test_board_figures_in_the_hardware_block_and_on_chip_learning_stays_unmeasured(tmp_path):
-    from qana_keras.report import hardware_block, model_summary
+    from qana_keras.reporting.models import model_summary
+    from qana_keras.reporting.tables import hardware_block
 
     folder = tmp_path / "qana"
     shutil.copytree(COMMITTED, folder, ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
@@ -467,7 +470,8 @@ def test_isic2018_images_are_their_own_lesions_unless_groupings_say_otherwise(ti
 
 def test_paired_comparisons_against_the_first_evaluation():
     from qana_keras.metrics import paired_confusion_bootstrap
-    from qana_keras.report import fmt_diff, paired_comparisons
+    from qana_keras.markdown import fmt_diff
+    from qana_keras.reporting.tables import paired_comparisons
 
     a, b = _evaluation(0.5), _evaluation(0.9, seed=1)
     text = paired_comparisons({"m__float__ham10000-test": a, "m__akida__ham10000-test": b,
@@ -480,7 +484,7 @@ def test_paired_comparisons_against_the_first_evaluation():
 
 
 def test_class_subset_models_are_left_out_of_the_7_class_report(tmp_path):
-    from qana_keras.report import discover_models
+    from qana_keras.reporting.models import discover_models
 
     for name in ("qana", "qana-5class"):
         (tmp_path / name).mkdir()

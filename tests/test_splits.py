@@ -9,7 +9,8 @@ import pytest
 
 from fixtures import REPO, real_data_dir, write_ham10000_fixture
 from qana_keras import CLASSES
-from qana_keras.data.ham10000 import DatasetError, load_metadata
+from qana_keras.data.checks import DatasetError
+from qana_keras.data.ham10000 import load_metadata
 from qana_keras.data.splits import COLUMNS, SPLITS, make_lesion_split, read_split, split_summary, write_split
 
 COMMITTED = REPO / "data" / "splits" / "ham10000_lesion_split.csv"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from fixtures import write_ham10000_fixture
 
 import qana_keras  # noqa: F401
+from qana_keras import hardware_cost
 from qana_keras.config import ModelConfig, load_config
 from qana_keras.models import keras
 from qana_keras.models.qana import MODEL_BUILDERS, build_model
@@ -23,14 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str):
-    sys.path.insert(0, str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-hardware_cost = _script("hardware_cost")
 
 
 def layer_names(model) -> set[str]:
@@ -162,3 +160,18 @@ def test_ablations_script_end_to_end_on_the_fixture(tmp_path):
     assert ablations.main(argv[:1] + argv[2:]) == 0
     again = json.loads((out / "qana-no-se.json").read_text())
     assert again["seconds"]["train"] == 0 and again["test"] == rows["qana-no-se"]["test"]
+
+
+def test_hardware_cost_verb_lists_the_models_and_renders_a_table(tmp_path, capsys):
+    from qana_keras.cli import main
+    from qana_keras.reporting.studies import hardware_cost_table
+
+    assert main(["hardware-cost", "--list"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(hardware_cost.MODELS)
+    rows = json.loads((REPO / "models" / "hardware_cost.json").read_text())
+    markdown = tmp_path / "cost.md"
+    assert main(["hardware-cost", "--render", str(REPO / "models" / "hardware_cost.json"),
+                 "--markdown", str(markdown)]) == 0
+    assert markdown.read_text() == hardware_cost_table(rows) + "\n"
+    assert main(["hardware-cost", "no-such-model"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown model(s) no-such-model; known: qana,")

@@ -1,213 +1,14 @@
-"""`qana <verb>`: a thin command line; each verb parses its options and calls one function."""
+"""`qana <verb>`: a thin command line; each verb parses its options here and calls one function of
+``qana_keras.commands``."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import sys
-import time
-from pathlib import Path
 
 import qana_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-from qana_keras.config import REPO_ROOT, DataConfig, load_config
-
-QUICK_OVERRIDES = ["train.epochs=2", "train.max_images=600", "train.warmup_epochs=0"]
-DEFAULT_TRAIN_CONFIG = str(REPO_ROOT / "configs" / "qana.yaml")
-
-
-def _data_config(args) -> DataConfig:
-    config = DataConfig()
-    if getattr(args, "data", None):
-        config.data_dir = args.data
-    if getattr(args, "split_file", None):
-        config.split_file = args.split_file
-    if getattr(args, "size", None):
-        config.image_size = args.size
-    return config
-
-
-def cmd_data_validate(args) -> int:
-    from qana_keras.data import ham10000
-
-    report = ham10000.validate(_data_config(args).data_dir, check_images=not args.no_images)
-    print(report.summary())
-    return 0 if report.ok else 1
-
-
-def cmd_data_split(args) -> int:
-    from qana_keras.data import ham10000, splits
-
-    config = _data_config(args)
-    meta = ham10000.load_metadata(config.data_dir)
-    split = splits.make_lesion_split(meta, args.val_fraction, args.test_fraction, seed=args.seed)
-    out = Path(args.out or config.split_file)
-    if out.is_dir():
-        print(f"error: --out {out} is a folder; give a file path, e.g. {out / 'ham10000_lesion_split.csv'}",
-              file=sys.stderr)
-        return 2
-    try:
-        if out.exists():
-            # Compared in memory: no scratch file next to --out, which could be a file of the user's.
-            if out.read_text() == splits.split_csv_text(split):
-                print(f"{out} is already this split (seed {args.seed}); unchanged")
-            elif not args.force:
-                print(f"error: {out} exists and differs from the split made with seed {args.seed}; pass --force to "
-                      "replace it (runs trained on the old split will no longer match)", file=sys.stderr)
-                return 1
-            else:
-                splits.write_split(split, out)
-                print(f"replaced {out}")
-        else:
-            splits.write_split(split, out)
-            print(f"wrote {out}")
-    except OSError as error:
-        print(f"error: cannot write the split to {out} ({error.strerror or error}); pick a writable --out path",
-              file=sys.stderr)
-        return 2
-    print(json.dumps(splits.split_summary(split), indent=2))
-    return 0
-
-
-def cmd_data_cache(args) -> int:
-    from qana_keras.data import ham10000
-    from qana_keras.data.cache import load_cached_images
-
-    config = _data_config(args)
-    start = time.perf_counter()
-    meta = ham10000.load_metadata(config.data_dir)
-    images = load_cached_images(meta["path"].tolist(), config.image_size, config.cache_dir, name="ham10000")
-    print(f"{len(images)} images of {config.image_size}x{config.image_size} ready in {time.perf_counter() - start:.1f}s")
-    return 0
-
-
-def cmd_data_download(args) -> int:
-    from qana_keras.data.download import download_ham10000
-
-    download_ham10000(Path(args.dest), timeout=args.timeout)
-    print(f"HAM10000 is in {args.dest}; run `qana data validate --data {args.dest}`")
-    return 0
-
-
-def _train_config(args):
-    overrides = list(args.set or [])
-    if args.quick:
-        overrides = QUICK_OVERRIDES + overrides
-    config = load_config(args.config or DEFAULT_TRAIN_CONFIG, overrides)
-    if args.data:
-        config.data.data_dir = args.data
-    return config
-
-
-def cmd_train(args) -> int:
-    from qana_keras.train import train
-
-    if args.resume:
-        # A resumed run keeps the config it was started with: options that would change it are refused, not ignored.
-        given = [flag for flag, value in (("--config", args.config), ("--set", args.set), ("--quick", args.quick),
-                                          ("--overwrite", args.overwrite), ("--run", args.run), ("--data", args.data))
-                 if value]
-        if given:
-            print(f"error: --resume continues {args.resume} with its own config.yaml; {', '.join(given)} cannot be "
-                  "combined with it (start a new run with --run instead)", file=sys.stderr)
-            return 2
-        train(args.resume, resume=True, stop_after=args.stop_after)
-        return 0
-    config = _train_config(args)
-    run = args.run or str(REPO_ROOT / "runs" / (config.model.variant + ("-quick" if args.quick else "")))
-    train(run, config, overwrite=args.overwrite, stop_after=args.stop_after)
-    return 0
-
-
-def cmd_convert(args) -> int:
-    from qana_keras.convert import ConversionError, convert_run
-
-    try:
-        convert_run(args.run, bits=args.bits, num_calibration=args.calibration, batch_size=args.batch_size,
-                    qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
-                    qat_stop_when_met=args.qat_stop_when_met, spike_rate=args.spike_rate, overwrite=args.overwrite,
-                    quick=args.quick)
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_deploy(args) -> int:
-    from qana_keras.deploy import deploy_run
-
-    deploy_run(args.run, device=args.device, bits=args.bits, quick=args.quick)
-    return 0
-
-
-def cmd_export(args) -> int:
-    from qana_keras.export import export_run
-
-    export_run(args.run, fmt=args.format, representative=args.representative, seed=args.seed,
-               overwrite=args.overwrite, cache_dir=args.cache_dir, command=shlex.join(["qana", *args.argv]))
-    return 0
-
-
-def cmd_hardware_table(args) -> int:
-    from qana_keras.hardware import write_hardware_table
-
-    write_hardware_table(args.models, args.out, readme=args.readme)
-    return 0
-
-
-EVALUATE_DATA_VARIABLES = {"ham10000": "QANA_DATA_DIR", "pad-ufes-20": "QANA_PAD_UFES_DIR"}
-"""`qana evaluate --data` defaults per ``--format``: the environment variable naming that data set's root."""
-
-
-def cmd_evaluate(args) -> int:
-    from qana_keras.evaluate import evaluate_to_json
-
-    if args.ground_truth and args.format != "isic2018":
-        print(f"error: --ground-truth is for --format isic2018; a {args.format} folder has its labels in its own "
-              "metadata (drop --ground-truth, or pass --format isic2018)", file=sys.stderr)
-        return 2
-
-    if not args.data:  # the environment variable of this --format's data set; ISIC 2018 has none
-        variable = EVALUATE_DATA_VARIABLES.get(args.format)
-        args.data = os.environ.get(variable) if variable else None
-    if not args.data:
-        print(f"error: no {args.format} data folder: pass --data DIR"
-              + (f" or set {variable}" if variable else " (--format isic2018 has no default folder)"),
-              file=sys.stderr)
-        return 2
-    evaluate_to_json(args.json, figures=not args.no_figures, model_path=args.model, data=args.data, fmt=args.format,
-                     split=args.split, split_file=args.split_file, ground_truth=args.ground_truth,
-                     cache_dir=args.cache_dir, group_by=args.group_by, lesion_groups=args.lesion_groups,
-                     n_boot=args.n_boot, min_units=args.min_units)
-    print(f"wrote {args.json}" + ("" if args.no_figures else " and its PNGs"))
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from qana_keras.predict import (format_table, predict_images, report_skipped, write_csv,
-                                    write_predictions_json)
-
-    result = predict_images(args.images, args.model, batch_size=args.batch_size)
-    if result.rows:
-        print(format_table(result))
-    report_skipped(result)
-    if args.csv:
-        write_csv(args.csv, result)
-    if args.json:
-        write_predictions_json(args.json, result)
-    print(f"{len(result.rows)} image(s) classified with {args.model}, {len(result.skipped)} file(s) skipped",
-          file=sys.stderr)
-    return 1 if result.skipped else 0
-
-
-def version_text() -> str:
-    """`qana --version`: the package, its git commit, the pinned BrainChip stack and TensorFlow."""
-    from qana_keras.provenance import git_commit, versions
-
-    packages = versions()["packages"]
-    stack = ", ".join(f"{name} {packages.get(name) or 'not installed'}"
-                      for name in ("akida", "cnn2snn", "quantizeml", "tensorflow", "tf-keras"))
-    return f"qana-keras {qana_keras.__version__} (git {git_commit() or 'unknown'}); {stack}"
+from qana_keras import commands
+from qana_keras.config import REPO_ROOT
 
 
 class _VersionAction(argparse.Action):
@@ -217,155 +18,8 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(version_text())
+        print(commands.version_text())
         parser.exit()
-
-
-def cmd_ablation_row(args) -> int:
-    from qana_keras.report import ReportError, fill_ablation_row, fmt_ci
-
-    try:
-        row = fill_ablation_row(args.table, args.row, args.evaluation, args.reference, args.run, args.n_boot,
-                                args.overwrite)
-    except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    r = row["result"]
-    print(f"{args.table}: row {args.row!r}: macro-F1 {fmt_ci(r['macro_f1']['value'], r['macro_f1'])}, "
-          f"MACs {r['macs']}, params {r['params']}, NPs {r['nps']}")
-    return 0
-
-
-def cmd_report(args) -> int:
-    from qana_keras.report import build_report
-
-    build_report(models_dir=args.models, out_dir=args.out, data_dir=args.data, pad_ufes_dir=args.pad_ufes,
-                 cache_dir=args.cache_dir, evaluate=not args.no_evaluate, force=args.force,
-                 ablations=args.ablations, readme=args.readme, model_card=args.model_card, n_boot=args.n_boot)
-    return 0
-
-
-def cmd_bench(args) -> int:
-    import importlib.util
-
-    script = REPO_ROOT / "scripts" / "bench.py"
-    if not script.exists():
-        print(f"error: {script} not found; `qana bench` runs the benchmark script of the repository checkout",
-              file=sys.stderr)
-        return 2
-    spec = importlib.util.spec_from_file_location("qana_bench", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.bench_run(args.run, bits=args.bits, min_seconds=args.min_seconds)
-    return 0
-
-
-def cmd_head(args) -> int:
-    from qana_keras.head import HeadConfig, HeadError, head_run
-
-    config = HeadConfig(embedding=args.embedding, components=args.components, sampler=args.sampler,
-                        ratio=args.ratio, noise=args.noise, C=args.C, class_weight=args.class_weight,
-                        safe_anchors=not args.no_safe_anchors, k_neighbors=args.k_neighbors,
-                        safe_k=args.k_neighbors, calibration=args.calibration, seed=args.seed)
-    try:
-        head_run(args.run, config, overwrite=args.overwrite, n_boot=args.n_boot)
-    except HeadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_calibrate(args) -> int:
-    from qana_keras.calibrate import calibrate_run
-
-    calibrate_run(args.run, objective=args.objective, fit_on=args.fit_on, bits=args.bits,
-                  requantize=args.requantize, overwrite=args.overwrite)
-    return 0
-
-
-def cmd_crop(args) -> int:
-    from qana_keras.config import load_config
-    from qana_keras.crop import crop_setup, evaluate_crops, format_report, split_table, write_overlays
-    from qana_keras.io import write_json
-
-    if not args.json and not args.overlays:
-        print("error: nothing to do: pass --json FILE (evaluation) and/or --overlays DIR (PNG overlays)",
-              file=sys.stderr)
-        return 2
-    model = args.model
-    if model is None:
-        if args.run is None:
-            print("error: pass --run RUN or --model PATH", file=sys.stderr)
-            return 2
-        model = str(Path(args.run) / f"{load_config(Path(args.run) / 'config.yaml').model.variant}_float.h5")
-    setup = crop_setup(model, args.saliency_model, args.saliency, args.baseline, args.threshold, args.margin,
-                       args.data, args.split_file, args.cache_dir, args.mask_dir)
-    trained_on = setup.pop("classifier_trained_on")
-    if args.json:
-        report = evaluate_crops(**setup, gradcam_layer=args.layer, overlap=args.overlap, n_boot=args.n_boot,
-                                max_images=args.max_images)
-        report["classifier_trained_on"] = trained_on
-        report["command"] = shlex.join(["qana", *args.argv])
-        print(format_report(report, "test"))
-        write_json(args.json, report)
-        print(f"wrote {args.json}")
-    if args.overlays:
-        from qana_keras.crop import load_classifier
-        from qana_keras.saliency import load_saliency
-
-        classifier, size = load_classifier(setup["model_path"])
-        meta = split_table(setup["data_dir"], args.split, setup["split_file"])
-        write_overlays(args.overlays, meta, load_saliency(setup["saliency_path"], setup["method"], args.layer),
-                       setup["params"], setup["mask_dir"], size=size, classifier=classifier,
-                       per_class=args.per_class)
-    return 0
-
-
-def cmd_learn(args) -> int:
-    from qana_keras.learn import LearnConfig, LearnError, learn_run
-
-    config = LearnConfig(C=args.C, new_weight=args.new_weight, replay=not args.no_replay, seed=args.seed,
-                         verify_ham=args.verify_ham)
-    try:
-        learn_run(args.run, protocols=args.protocol, pad_root=args.pad_ufes, config=config, overwrite=args.overwrite)
-    except LearnError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_edge_learn(args) -> int:
-    from qana_keras.edge import EdgeConfig, EdgeError, edge_learn_run
-
-    config = EdgeConfig(neurons_per_class=args.neurons_per_class, weight_factor=args.weight_factor,
-                        learning_competition=args.competition, max_per_class=args.max_per_class,
-                        shots=tuple(args.shots), seed=args.seed)
-    try:
-        edge_learn_run(args.run, protocols=args.protocol, pad_root=args.pad_ufes, config=config,
-                       overwrite=args.overwrite)
-    except EdgeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_crop_evaluation_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of a crop evaluation, shared by `qana crop` and scripts/crop_eval.py."""
-    p.add_argument("--saliency-model", help="whole-image model giving the map (.h5 or .fbz; default: data.crop_model "
-                                            "of a crop-trained classifier, else the classifier)")
-    p.add_argument("--saliency", choices=("head", "gradcam"), help="head: forward-only map from the last feature map "
-                                                                   "(works on .fbz); gradcam: float .h5 only")
-    p.add_argument("--layer", help="Grad-CAM layer (default: the last stageN/relu)")
-    p.add_argument("--baseline", help="whole-image model of the 'whole' row (default: see crop_setup)")
-    p.add_argument("--threshold", type=float, help="salient fraction of the map's range (default: config, 0.5)")
-    p.add_argument("--margin", type=float, help="box margin per side, fraction of the box (default: config, 0.15)")
-    p.add_argument("--overlap", type=float, default=0.25, help="overlap of the 2x2 fallback tiles")
-    p.add_argument("--data", help="HAM10000 root (default: the model config's data_dir)")
-    p.add_argument("--split-file", help="lesion-level split CSV (default: the model config's)")
-    p.add_argument("--cache-dir", help="image cache (default: $QANA_CACHE_DIR, else the model config's)")
-    p.add_argument("--mask-dir", help="official masks (default: <data>/HAM10000_segmentations_lesion_tschandl)")
-    p.add_argument("--max-images", type=int, default=0, help="class-stratified subset of each split (0 = all)")
-    p.add_argument("--n-boot", type=int, default=1000, help="lesion bootstrap resamples")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,24 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data", help="HAM10000 root (default: $QANA_DATA_DIR or data/ham10000)")
     p = data.add_parser("validate", parents=[common], help="check metadata and every image; non-zero exit on errors")
     p.add_argument("--no-images", action="store_true", help="skip decoding the images (metadata and files only)")
-    p.set_defaults(func=cmd_data_validate)
+    p.set_defaults(func=commands.cmd_data_validate)
     p = data.add_parser("split", parents=[common], help="make the lesion-level train/val/test split file")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=42, help="seed of the lesion shuffle (the committed split: 42)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of the lesions in the validation split")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="share of the lesions in the test split")
     p.add_argument("--out", help="split CSV (default: data/splits/ham10000_lesion_split.csv)")
     p.add_argument("--force", action="store_true", help="replace an existing, different split file")
-    p.set_defaults(func=cmd_data_split)
+    p.set_defaults(func=commands.cmd_data_split)
     p = data.add_parser("cache", parents=[common], help="decode and resize every image into the on-disk cache")
     p.add_argument("--size", type=int, help="model input size (default 64)")
-    p.set_defaults(func=cmd_data_cache)
+    p.set_defaults(func=commands.cmd_data_cache)
     p = data.add_parser("download", help="fetch the official HAM10000 release (needs internet)")
-    p.add_argument("--dest", default=str(REPO_ROOT / "data" / "ham10000"))
-    p.add_argument("--timeout", type=float, default=10.0)
-    p.set_defaults(func=cmd_data_download)
+    p.add_argument("--dest", default=str(REPO_ROOT / "data" / "ham10000"), help="folder to download into "
+                                                                          "(default: data/ham10000)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server per request")
+    p.set_defaults(func=commands.cmd_data_download)
 
     p = verbs.add_parser("train", help="train a model; select by validation macro-F1; test once")
-    p.add_argument("--config", help=f"YAML config (default {DEFAULT_TRAIN_CONFIG})")
+    p.add_argument("--config", help=f"YAML config (default {commands.DEFAULT_TRAIN_CONFIG})")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.add_argument("--run", help="run folder (default runs/<variant>)")
     p.add_argument("--data", help="HAM10000 root")
@@ -406,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue a killed run where it stopped")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--stop-after", type=int, metavar="EPOCHS", help="checkpoint and stop after this many epochs")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=commands.cmd_train)
 
     p = verbs.add_parser("convert", help="quantize (quantizeml) and convert (cnn2snn) a run's float model to Akida")
     p.add_argument("--run", required=True, help="run folder holding <variant>_float.h5 and config.yaml")
@@ -424,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing conversion artifacts")
     p.add_argument("--quick", action="store_true", help="smoke profile (make all QUICK=1): <= 600 images per split, "
                                                         "<= 1 QAT epoch; the figures mean nothing")
-    p.set_defaults(func=cmd_convert)
+    p.set_defaults(func=commands.cmd_convert)
 
     p = verbs.add_parser("deploy", help="run a converted model on a board, or map to virtual devices and simulate; "
                                         "writes fidelity.json/.md")
@@ -433,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "e.g. SixNodesIPv2), min (akida.compute_min_device), board or board:N; default: "
                                     "a board if akida.devices() finds one, else the smallest standard device that "
                                     "runs the model in one hardware pass")
-    p.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    p.add_argument("--bits", type=int, choices=(8, 4), default=8, help="which conversion of the run to use "
+                                                                      "(as `qana convert --bits`)")
     p.add_argument("--quick", action="store_true", help="smoke profile (make all QUICK=1): <= 600 test images; "
                                                         "the figures mean nothing")
-    p.set_defaults(func=cmd_deploy)
+    p.set_defaults(func=commands.cmd_deploy)
 
     p = verbs.add_parser("export", help="a run's float model as a fully-int8 TFLite model for CPUs/MCUs (not "
                                         "Akida), evaluated on the test split; writes <variant>_int8.tflite, export.json")
@@ -446,14 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the representative-image draw")
     p.add_argument("--cache-dir", help="decoded-image cache (default: $QANA_CACHE_DIR, else the run config's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=commands.cmd_export)
 
     p = verbs.add_parser("hardware-table", help="every published .fbz x every standard Akida device (passes, NPs, "
                                                 "program bytes, MACs) with its test accuracy from its folder's JSON")
     p.add_argument("--models", default=str(REPO_ROOT / "models"), help="folder of published model folders")
     p.add_argument("--out", default=str(REPO_ROOT / "reports" / "hardware"), help="writes hardware_table.md/.json")
     p.add_argument("--readme", help="rewrite the <!-- report:hardware-table:start/end --> block of this file")
-    p.set_defaults(func=cmd_hardware_table)
+    p.set_defaults(func=commands.cmd_hardware_table)
 
     from qana_keras.evaluate import FORMATS  # light: no TensorFlow until a model is loaded
 
@@ -480,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-units", type=int, help="subgroups with fewer lesions (patients) are flagged too few to "
                                                  "judge (default 50, see qana_keras.subgroups)")
     p.add_argument("--no-figures", action="store_true", help="write the JSON only")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=commands.cmd_evaluate)
 
     p = verbs.add_parser("predict", help="classify an image or a folder of images with a .fbz (Akida software "
                                          "backend) or .h5 model; exit code 1 if any file was skipped")
@@ -490,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "classes (default: models/qana/qana.fbz)")
     p.add_argument("--csv", help="also write the predictions as CSV (file, predicted, probability, top3, p_<class>)")
     p.add_argument("--json", help="also write the predictions and the skipped files as JSON")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--batch-size", type=int, default=100, help="images per model call")
+    p.set_defaults(func=commands.cmd_predict)
 
     p = verbs.add_parser("report", help="reports/ (Markdown + PNG) from the committed models' JSON and fresh "
                                         "evaluations; optionally rewrites the marked blocks of a README and docs pages")
@@ -509,27 +165,46 @@ def build_parser() -> argparse.ArgumentParser:
                         "<!-- report:end --> (required) and the study blocks <!-- report:NAME:start/end -->")
     p.add_argument("--model-card", help="rewrite the report:* blocks of this model card (e.g. MODEL_CARD.md)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of fresh evaluations")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=commands.cmd_report)
 
     p = verbs.add_parser("ablation-row", help="fill one row of an ablation table (models/ablations/*.json) from "
                                               "`qana evaluate` JSON files; the report renders it")
-    p.add_argument("--table", required=True, help="ablation JSON (format: qana_keras.report.load_ablation)")
+    p.add_argument("--table", required=True,
+                   help="ablation JSON (format: qana_keras.reporting.ablations.load_ablation)")
     p.add_argument("--row", required=True, help="name of the row to fill")
     p.add_argument("--evaluation", required=True, help="evaluate JSON of this row's model")
     p.add_argument("--reference", help="evaluate JSON of the reference row's model, same images (paired bootstrap)")
     p.add_argument("--run", help="run folder with metrics.json/conversion.json/deploy.json (MACs, params, NPs); "
                                  "default: the evaluated model's folder")
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--n-boot", type=int, default=1000, help="paired lesion bootstrap resamples against the reference")
     p.add_argument("--overwrite", action="store_true", help="replace a row that already has a result")
-    p.set_defaults(func=cmd_ablation_row)
+    p.set_defaults(func=commands.cmd_ablation_row)
 
-    p = verbs.add_parser("bench", help="CPU images/s and ms/image of float, quantized and Akida-simulator models")
+    p = verbs.add_parser("bench", help="CPU images/s and ms/image of float, quantized and Akida-simulator models; "
+                                       "writes bench.json in the run folder")
     p.add_argument("--run", required=True, help="run folder converted with `qana convert`")
-    p.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    p.add_argument("--bits", type=int, choices=(8, 4), default=8,
+                   help="which conversion of the run to time (as `qana convert --bits`)")
     p.add_argument("--min-seconds", type=float, default=3.0, help="minimum timing per model and batch size")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=commands.cmd_bench)
 
-    from qana_keras.head import HeadConfig  # light: TensorFlow is imported only when a head is fitted
+    from qana_keras.hardware_cost import MODELS  # light: TensorFlow is imported only when a model is built
+
+    p = verbs.add_parser("hardware-cost", help="params, MACs, NPs, passes and program size of every ablation and "
+                                               "baseline on Akida 2.0, untrained (mapping does not depend on weights)")
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"models (default all): {', '.join(MODELS)}")
+    p.add_argument("--json", help="write the rows here (e.g. runs/ablations/hardware_cost.json)")
+    p.add_argument("--markdown", help="also write the table as Markdown here")
+    p.add_argument("--widths", choices=("reference", "tiny"), default="reference",
+                   help="tiny: a few channels per layer (tests, smoke runs)")
+    p.add_argument("--calibration", type=int, default=32, help="random calibration images")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra override applied to every model")
+    p.add_argument("--list", action="store_true", help="print the models and their overrides, then stop")
+    p.add_argument("--render", metavar="JSON", help="only print (and --markdown) the table of the rows in JSON")
+    p.set_defaults(func=commands.cmd_hardware_cost)
+
+    from qana_keras.head_fit import HeadConfig  # no TensorFlow
 
     h = HeadConfig()
     p = verbs.add_parser("head", help="refit the classifier head on PCA-whitened embeddings of the frozen backbone "
@@ -546,16 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=h.noise,
                    help="perturbation along each anchor's local principal directions, in local standard deviations")
     p.add_argument("--C", type=float, default=h.C, help="inverse L2 strength of the logistic-regression head")
-    p.add_argument("--class-weight", choices=("none", "balanced"), default=h.class_weight)
+    p.add_argument("--class-weight", choices=("none", "balanced"), default=h.class_weight,
+                   help="loss weights of the logistic-regression head (after oversampling)")
     p.add_argument("--no-safe-anchors", action="store_true", help="interpolate from every minority sample")
     p.add_argument("--k-neighbors", type=int, default=h.k_neighbors,
                    help="neighbours of the sampler, the safe-anchor rule and the local perturbation")
     p.add_argument("--calibration", type=int, default=h.calibration,
                    help="training images calibrating the quantization (as `qana convert`)")
-    p.add_argument("--seed", type=int, default=h.seed)
+    p.add_argument("--seed", type=int, default=h.seed, help="seed of the calibration draw and the oversampler")
     p.add_argument("--n-boot", type=int, default=1000, help="lesion bootstrap resamples of the metrics")
     p.add_argument("--overwrite", action="store_true", help="replace existing head artifacts")
-    p.set_defaults(func=cmd_head)
+    p.set_defaults(func=commands.cmd_head)
     p = verbs.add_parser("calibrate", help="per-class decision offsets fitted on validation, folded into head/dense "
                                            "and converted for Akida; temperature scaling and ECE; "
                                            "writes calibration.json/.md/.png")
@@ -564,24 +240,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the offsets maximize on the validation split")
     p.add_argument("--fit-on", choices=("akida", "float"), default="akida",
                    help="fit the offsets on the deployed Akida model's validation logits or the float model's")
-    p.add_argument("--bits", type=int, choices=(8, 4), default=8)
+    p.add_argument("--bits", type=int, choices=(8, 4), default=8, help="which conversion of the run to use "
+                                                                      "(as `qana convert --bits`)")
     p.add_argument("--requantize", action="store_true",
                    help="quantize the calibrated float model from scratch (post-training only) instead of adding "
                         "the offsets to the run's quantized model")
     p.add_argument("--overwrite", action="store_true", help="replace existing calibration artifacts")
-    p.set_defaults(func=cmd_calibrate)
+    p.set_defaults(func=commands.cmd_calibrate)
 
     p = verbs.add_parser("crop", help="saliency-guided lesion crop + 2x2 tiling fallback: evaluate against the whole "
                                       "image and the mask crop (--json), draw heat-map overlays (--overlays)")
     p.add_argument("--run", help="run folder: its <variant>_float.h5 classifies (and, unless crop-trained, gives "
                                  "the saliency map)")
     p.add_argument("--model", help="classifier instead of the run's float model (.h5 or .fbz)")
-    add_crop_evaluation_arguments(p)
+    p.add_argument("--saliency-model", help="whole-image model giving the map (.h5 or .fbz; default: data.crop_model "
+                                            "of a crop-trained classifier, else the classifier)")
+    p.add_argument("--saliency", choices=("head", "gradcam"), help="head: forward-only map from the last feature map "
+                                                                   "(works on .fbz); gradcam: float .h5 only")
+    p.add_argument("--layer", help="Grad-CAM layer (default: the last stageN/relu)")
+    p.add_argument("--baseline", help="whole-image model of the 'whole' row (default: see crop_setup)")
+    p.add_argument("--threshold", type=float, help="salient fraction of the map's range (default: config, 0.5)")
+    p.add_argument("--margin", type=float, help="box margin per side, fraction of the box (default: config, 0.15)")
+    p.add_argument("--overlap", type=float, default=0.25, help="overlap of the 2x2 fallback tiles")
+    p.add_argument("--data", help="HAM10000 root (default: the model config's data_dir)")
+    p.add_argument("--split-file", help="lesion-level split CSV (default: the model config's)")
+    p.add_argument("--cache-dir", help="image cache (default: $QANA_CACHE_DIR, else the model config's)")
+    p.add_argument("--mask-dir", help="official masks (default: <data>/HAM10000_segmentations_lesion_tschandl)")
+    p.add_argument("--max-images", type=int, default=0, help="class-stratified subset of each split (0 = all)")
+    p.add_argument("--n-boot", type=int, default=1000, help="lesion bootstrap resamples")
     p.add_argument("--json", help="evaluation JSON to write (validation picks the fallback threshold, test reports)")
+    p.add_argument("--compare-saliency", metavar="MODEL", help="a second saliency model (e.g. the Akida .fbz of the "
+                                                              "float saliency model): its agreement on test, in --json")
     p.add_argument("--overlays", metavar="DIR", help="write crop_overlays_<class>.png (image + boxes, heat map, crop)")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="split the overlays draw from")
     p.add_argument("--per-class", type=int, default=3, help="overlay images per class")
-    p.set_defaults(func=cmd_crop)
+    p.set_defaults(func=commands.cmd_crop)
     p = verbs.add_parser("learn", help="update the Akida model's readout from Akida backbone features (host refit, "
                                        "integer write-back): PAD-UFES-20 domain update, SCC as a new class")
     p.add_argument("--run", required=True, help="run folder converted with `qana convert` (Akida 2.0, 8-bit)")
@@ -597,13 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HAM test images run end to end through the written Akida model (-1: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level PAD-UFES-20 split")
     p.add_argument("--overwrite", action="store_true", help="replace existing learn artifacts")
-    p.set_defaults(func=cmd_learn)
+    p.set_defaults(func=commands.cmd_learn)
 
     p = verbs.add_parser("edge-learn", help="Akida 1.0 on-chip learning (AkidaUnsupervised) on a qana-akd1000 run: "
                                             "class-incremental, PAD-UFES-20 domain update, SCC as a new class")
     p.add_argument("--run", required=True, help="qana-akd1000 run converted with `qana convert --bits 4`")
     p.add_argument("--protocol", nargs="+", choices=("class-incremental", "domain", "new-class"),
-                   default=["class-incremental", "domain", "new-class"])
+                   default=["class-incremental", "domain", "new-class"], help="the learning protocols to run")
     p.add_argument("--pad-ufes", default=os.environ.get("QANA_PAD_UFES_DIR"),
                    help="PAD-UFES-20 root (metadata.csv + images/; default $QANA_PAD_UFES_DIR)")
     p.add_argument("--neurons-per-class", type=int, default=10, help="learning neurons per class")
@@ -614,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-incremental images per new class (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draws and the PAD-UFES-20 patient split")
     p.add_argument("--overwrite", action="store_true", help="replace existing edge_learning.json/.md")
-    p.set_defaults(func=cmd_edge_learn)
+    p.set_defaults(func=commands.cmd_edge_learn)
     return parser
 
 
@@ -632,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that say how they were made
-    from qana_keras.data.ham10000 import DatasetError
+    from qana_keras.data.checks import DatasetError
     from qana_keras.io import RunFolderError
 
     try:

@@ -30,7 +30,7 @@ import numpy as np
 
 from qana_keras import CLASSES
 from qana_keras.data.cache import files_digest
-from qana_keras.data.ham10000 import read_rgb
+from qana_keras.data.images import read_rgb
 from qana_keras.io import atomic_path
 
 MASK_DIR = "HAM10000_segmentations_lesion_tschandl"

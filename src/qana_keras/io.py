@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash never leaves a half-written artifact behind."""
+"""Atomic file writes (a crash never leaves a half-written artifact behind), JSON, hashes, and paths as shown."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +7,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding src/qana_keras/ (also config.REPO_ROOT)
 
 
 class RunFolderError(RuntimeError):
@@ -78,3 +81,23 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Folders named by environment variables (the Makefile's data copies, the image cache): shown by their variable.
+PATH_VARIABLES = ("QANA_DATA_DIR", "QANA_PAD_UFES_DIR", "QANA_ISIC2019_DIR", "QANA_CACHE_DIR")
+
+
+def display_path(path: str | Path, *roots: str | Path) -> str:
+    """``path`` as messages, reports and notebook outputs show it, without one machine's folders: relative to the
+    first of ``roots`` holding it (default: the repository, then the working directory, then the folders of
+    ``PATH_VARIABLES``, as ``$QANA_DATA_DIR/...``), else as given."""
+    absolute = Path(path).absolute()
+    for root in roots or (REPO_ROOT, Path.cwd()):
+        if absolute.is_relative_to(Path(root).absolute()):
+            return str(absolute.relative_to(Path(root).absolute()))
+    for variable in () if roots else PATH_VARIABLES:
+        folder = os.environ.get(variable)
+        if folder and absolute.is_relative_to(Path(folder).absolute()):
+            inside = absolute.relative_to(Path(folder).absolute())
+            return f"${variable}" + ("" if inside == Path(".") else f"/{inside}")
+    return str(path)

@@ -111,7 +111,7 @@ def rewrite_blocks_across(paths: list[str | Path], blocks: dict[str, str], requi
     return changed
 
 
-def _rewrite_present_blocks(path: str | Path, blocks: dict[str, str]) -> list[str]:
+def rewrite_present_blocks(path: str | Path, blocks: dict[str, str]) -> list[str]:
     """Rewrite those ``report:NAME`` blocks whose markers the file has (a file without them just does not
     show that table); returns "path (name)" for each block that changed."""
     return [f"{path} ({name})" for name, content in blocks.items()

@@ -75,7 +75,8 @@ def _refuse_crop_models(model_path: Path) -> None:
 def load_images(paths: list[Path], size: int) -> tuple[list[Path], np.ndarray, list[dict]]:
     """(decoded paths, uint8 images resized as in training, skipped files with their reason)."""
     from qana_keras.data.cache import resize_image
-    from qana_keras.data.ham10000 import DatasetError, read_rgb
+    from qana_keras.data.checks import DatasetError
+    from qana_keras.data.images import read_rgb
 
     kept, images, skipped = [], [], []
     for path in paths:

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from qana_keras.data.ham10000 import read_rgb
-from qana_keras.io import atomic_path
+from qana_keras.data.images import read_rgb
+from qana_keras.io import atomic_path, display_path
 
 CACHE_FORMAT = 2  # bump when the preprocessing code changes what it produces (2: content-keyed)
 
@@ -87,11 +87,11 @@ def load_cached_images(paths: list[str], size: int, cache_dir: str | Path, name:
     if cache_file.exists():
         images = read_cache_file(cache_file)
         if images.shape == (len(paths), size, size, 3) and images.dtype == np.uint8:
-            log(f"loaded {len(paths)} cached images from {cache_file} in {time.perf_counter() - start:.1f}s")
+            log(f"loaded {len(paths)} cached images from {display_path(cache_file)} in {time.perf_counter() - start:.1f}s")
             return images
         log(f"ignoring cache {cache_file}: shape {images.shape} does not match {len(paths)} images")
     images = decode_images(paths, size)
     with atomic_path(cache_file) as tmp:
         np.save(tmp, images)
-    log(f"decoded {len(paths)} images to {size}x{size} in {time.perf_counter() - start:.1f}s; cached in {cache_file}")
+    log(f"decoded {len(paths)} images to {size}x{size} in {time.perf_counter() - start:.1f}s; cached in {display_path(cache_file)}")
     return images

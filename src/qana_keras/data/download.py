@@ -31,7 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from qana_keras import __version__
-from qana_keras.data.ham10000 import METADATA_FILE, PART_DIRS, REQUIRED_COLUMNS, DatasetError
+from qana_keras.data.checks import DatasetError
+from qana_keras.data.ham10000 import METADATA_FILE, PART_DIRS, REQUIRED_COLUMNS
 from qana_keras.io import atomic_path, atomic_write_text
 
 DOI = "doi:10.7910/DVN/DBW86T"

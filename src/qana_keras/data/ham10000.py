@@ -1,12 +1,10 @@
-"""HAM10000: find the images, read and check the metadata, decode images strictly.
+"""HAM10000: find the images, read and check the metadata and (``data.images``) every image.
 
 Nothing is dropped silently: every problem is reported with the file or CSV line it comes from,
 and :func:`load_metadata` refuses to return a table that has any.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import time
@@ -15,11 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from PIL import Image
 
 from qana_keras import CLASSES
+from qana_keras.data.checks import (IMAGE_EXTENSIONS, MAX_LISTED, DatasetError, link_outside_problem, read_csv_rows,
+                                   unsafe_name_problem)
+from qana_keras.data.images import image_problem
+from qana_keras.io import display_path
 
 log = logging.getLogger(__name__)
 
@@ -28,36 +28,6 @@ PART_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 SINGLE_DIR = "images"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
 OPTIONAL_COLUMNS = ("dx_type", "age", "sex", "localization")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-MAX_LISTED = 20  # problems shown in an exception message; all of them are in ``.problems``
-
-_MODE_NAMES = {"L": "grayscale", "LA": "grayscale with alpha", "1": "black and white", "P": "palette",
-               "RGBA": "RGB with alpha", "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit grayscale",
-               "F": "float grayscale", "YCbCr": "YCbCr"}
-
-
-class DatasetError(ValueError):
-    """A problem with a dataset on disk.
-
-    ``problems`` lists every offending file or row (each names it and says what to do); the message
-    shows the first ``MAX_LISTED`` and how many there are.
-    """
-
-    def __init__(self, headline: str, problems: list[str] | tuple[str, ...] = ()):
-        self.headline = headline
-        self.problems = list(problems)
-        super().__init__(format_problems(headline, self.problems))
-
-
-def format_problems(headline: str, problems: list[str], limit: int = MAX_LISTED) -> str:
-    """``headline`` followed by the first ``limit`` problems, one per line, and a count of the rest."""
-    if not problems:
-        return headline
-    lines = [f"{headline} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
-    lines += [f"  - {p}" for p in problems[:limit]]
-    if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more (all are listed in the exception's .problems)")
-    return "\n".join(lines)
 
 
 def where_to_put(data_dir: str | Path) -> str:
@@ -66,34 +36,6 @@ def where_to_put(data_dir: str | Path) -> str:
             f"{PART_DIRS[0]}/ and {PART_DIRS[1]}/ (or in one {SINGLE_DIR}/ folder). "
             "`qana data download` fetches them (see data/README.md), "
             "or set QANA_DATA_DIR to a folder that already has them.")
-
-
-def unsafe_name_problem(name: str) -> str | None:
-    """Why ``name`` is not a plain file name (a path-traversal risk), or None if it is one."""
-    if "\0" in name:
-        return "contains a NUL byte"
-    if "/" in name or "\\" in name:
-        return "contains a path separator"
-    if ".." in name:
-        return "contains '..'"
-    if name.startswith("."):
-        return "starts with '.'"
-    if os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):  # the latter: a Windows drive like C:
-        return "is an absolute path"
-    return None
-
-
-def link_outside_problem(path: str | Path, root: str | Path) -> str | None:
-    """Why ``path`` is refused as a symbolic link out of the data folder ``root``, or None if it stays inside.
-
-    A link out of the data folder makes the data set depend on files nobody checks in it; they are
-    refused rather than followed silently.
-    """
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
-    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
-        return None
-    return (f"is a symbolic link to {real}, outside the data folder {real_root}; copy the file into the "
-            "folder (or point the data folder at the real data)")
 
 
 def _is_image_name(name: str) -> bool:
@@ -120,136 +62,8 @@ def find_image_dirs(data_dir: str | Path) -> list[Path]:
                        f"and no images directly in it. {where_to_put(data_dir)}")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Image decoding
-
-
-class _BadImage(Exception):
-    """Internal: the reason an image file is unusable."""
-
-
 # Bytes placed before a JPEG's end marker by _jpeg_ends_early: no 0xFF in them, so a decoder reads them as
 # image data (never as a marker).
-_PROBE = bytes(range(1, 255)) * 4
-
-
-def _jpeg_ends_early(data: bytes, pixels: np.ndarray) -> bool:
-    """True when the JPEG ``data`` (decoded to ``pixels``) has fewer coded blocks than the image needs.
-
-    libjpeg fills the blocks missing after a premature end marker with zeros and only warns, which PIL
-    and OpenCV ignore, so such a file decodes without error. A complete JPEG's pixels do not depend on
-    bytes after its last block; a partial one decodes the probe bytes as its missing blocks and changes.
-    """
-    end = data.rstrip(b"\0")
-    probed = end[:-2] + _PROBE + end[-2:]  # end[-2:] is FFD9 (checked before)
-    try:
-        with Image.open(io.BytesIO(probed)) as img:
-            img.load()
-            other = np.asarray(img)
-    except Exception:  # the probe bytes made the missing blocks undecodable: they were being read
-        return True
-    return other.shape != pixels.shape or not np.array_equal(other, pixels)
-
-
-def _next_marker(data: bytes, i: int) -> int:
-    """Index of the first marker at or after ``i`` in entropy-coded data (skipping FF00 stuffing and RSTn)."""
-    while True:
-        i = data.find(b"\xff", i)
-        if i < 0 or i + 1 >= len(data):
-            return len(data)
-        if data[i + 1] == 0 or 0xD0 <= data[i + 1] <= 0xD7:
-            i += 2
-            continue
-        return i
-
-
-def _progressive_scans_missing(data: bytes) -> bool:
-    """True when a progressive JPEG lacks scans: some coefficient of some component never gets its last bit.
-
-    A progressive file cut between two scans decodes (blurrier) without even a warning, so the scan
-    headers are checked: a complete file brings every coefficient 0-63 of every component to full
-    precision (a scan with Al = 0).
-    """
-    i, components, done = 2, [], set()
-    while i + 4 <= len(data) and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker == 0xD9:
-            break
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        segment = data[i + 4:i + 2 + length]
-        if marker in (0xC0, 0xC1, 0xC3):
-            return False  # sequential: the probe of _jpeg_ends_early covers it
-        if marker == 0xC2 and len(segment) >= 6:
-            components = [segment[6 + 3 * c] for c in range(segment[5]) if 6 + 3 * c < len(segment)]
-        if marker == 0xDA and segment:
-            n = segment[0]
-            if len(segment) >= 4 + 2 * n:
-                ids = [segment[1 + 2 * c] for c in range(n)]
-                ss, se, approximation = segment[1 + 2 * n], segment[2 + 2 * n], segment[3 + 2 * n]
-                if approximation & 0x0F == 0:
-                    done.update((c, k) for c in ids for k in range(ss, se + 1))
-            i = _next_marker(data, i + 2 + length)
-            continue
-        i += 2 + length
-    return bool(components) and any((c, k) not in done for c in components for k in range(64))
-
-
-def _decode(path: Path) -> np.ndarray:
-    """Decode ``path`` completely into HxWx3 uint8 RGB, or raise _BadImage saying why not."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise _BadImage(f"cannot be read ({e.strerror or e})") from None
-    if not data:
-        raise _BadImage("is empty (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.mode != "RGB":
-                name = _MODE_NAMES.get(img.mode, "not RGB")
-                raise _BadImage(f"is not RGB: mode {img.mode} ({name}); convert it to 3-channel RGB "
-                                "or replace it with the original")
-            # PIL decodes what it can of a truncated JPEG without complaint when a decoder leaves the
-            # tail unread, so the end-of-image marker is checked too. Zero padding after it is legal.
-            if img.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-                raise _BadImage("is truncated: the JPEG does not end with the end-of-image marker FFD9")
-            img.load()  # the full decode; raises on truncated or corrupt data
-            array = np.array(img, dtype=np.uint8)
-        if img.format == "JPEG" and (_jpeg_ends_early(data, array) or _progressive_scans_missing(data)):
-            raise _BadImage("is truncated: its image data stops before the last block (a partial file that "
-                            "still ends with the JPEG end marker)")
-    except _BadImage:
-        raise
-    except Image.UnidentifiedImageError:
-        raise _BadImage("cannot be decoded: not a recognisable image file (corrupt, or not JPEG/PNG)") from None
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
-        raise _BadImage(f"cannot be decoded ({type(e).__name__}: {e})") from None
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise _BadImage(f"decodes to shape {array.shape}, not HxWx3")
-    return array
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file completely into an HxWx3 uint8 RGB array.
-
-    Raises DatasetError naming the file when it is unreadable, corrupt, truncated or not RGB.
-    """
-    path = Path(path)
-    try:
-        return _decode(path)
-    except _BadImage as e:
-        raise DatasetError(f"{path} {e}; replace it with a good copy from the original release "
-                           "(re-download or re-extract it)") from None
-
-
-def _image_problem(path: Path) -> str | None:
-    try:
-        _decode(path)
-    except _BadImage as e:
-        return str(e)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,7 +91,7 @@ class ValidationReport:
     def summary(self) -> str:
         status = "OK" if self.ok else f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''}"
         decoded = "every image decoded" if self.images_checked else "images not decoded"
-        lines = [f"HAM10000 in {self.data_dir}: {status}",
+        lines = [f"HAM10000 in {display_path(self.data_dir)}: {status}",
                  f"  {self.n_rows} metadata rows, {self.n_images} image files, {self.n_lesions} lesions "
                  f"({decoded}; {self.seconds:.1f} s)"]
         if self.class_counts:
@@ -298,36 +112,6 @@ class _Inspection:
     warnings: list[str] = field(default_factory=list)
     n_images: int = 0
     csv_path: Path | None = None
-
-
-def read_csv_rows(csv_path: Path, errors: list[str]) -> tuple[list[str], list[tuple[int, list[str]]]] | None:
-    """Header and ``(line, fields)`` rows of a CSV, counting the header as line 1.
-
-    The csv module (not pandas) is used so each row keeps its true line number, even past blank lines.
-    Problems are appended to ``errors``; returns None when the file cannot be read at all.
-    """
-    name = csv_path.name
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                errors.append(f"{name} is empty; replace it with the original file")
-                return None
-            rows = []
-            for fields in reader:
-                line = reader.line_num
-                if not any(v.strip() for v in fields):
-                    continue  # blank line
-                if len(fields) != len(header):
-                    errors.append(f"{name} line {line}: {len(fields)} fields but the header has {len(header)}; "
-                                  "fix the row (a stray comma or quote?)")
-                    continue
-                rows.append((line, fields))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        errors.append(f"{csv_path} cannot be read as UTF-8 CSV ({e}); replace it with the original file")
-        return None
-    return header, rows
 
 
 def _inspect(data_dir: str | Path, check_images: bool) -> _Inspection:
@@ -468,7 +252,7 @@ def _inspect(data_dir: str | Path, check_images: bool) -> _Inspection:
         workers = min(8, (os.cpu_count() or 1) * 2)
         # PIL releases the GIL while decoding, so threads use every core without pickling arrays around.
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            problems = list(pool.map(lambda lp: _image_problem(lp[1]), to_check))
+            problems = list(pool.map(lambda lp: image_problem(lp[1]), to_check))
         for (line, p), problem in zip(to_check, problems):
             if problem:
                 out.errors.append(f"{rel(p)} (line {line} of {name}) {problem}; replace it with a good copy "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from qana_keras import CLASSES
-from qana_keras.data.ham10000 import DatasetError
+from qana_keras.data.checks import DatasetError
 from qana_keras.data.layout import read_table, row_image_and_class, scan_images
 
 CLASS_COLUMNS = {c.upper(): c for c in CLASSES}  # "AKIEC" -> "akiec", ...

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qana_keras.data.ham10000 import DatasetError, link_outside_problem, read_csv_rows
+from qana_keras.data.checks import DatasetError, link_outside_problem, read_csv_rows
 from qana_keras.data.layout import read_table, row_image_and_class, scan_images
 
 SOURCE = "isic2019"

@@ -6,8 +6,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from qana_keras.data.ham10000 import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
-                                     unsafe_name_problem)
+from qana_keras.data.checks import (IMAGE_EXTENSIONS, DatasetError, link_outside_problem, read_csv_rows,
+                                   unsafe_name_problem)
 
 
 def read_table(csv_path: Path, images_dir: Path, root: Path, hint: str,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from qana_keras.data.ham10000 import DatasetError, unsafe_name_problem
+from qana_keras.data.checks import DatasetError, unsafe_name_problem
 from qana_keras.data.layout import read_table, scan_images
+from qana_keras.io import display_path
 
 log = logging.getLogger(__name__)
 
@@ -105,5 +106,5 @@ def load_metadata(root: str | Path) -> pd.DataFrame:
     df.attrs["missing_image_ids"] = sorted(missing)
     if missing:
         log.warning("PAD-UFES-20: %d of %d metadata rows have no image in %s and were left out",
-                    len(missing), len(missing) + len(df), images_dir)
+                    len(missing), len(missing) + len(df), display_path(images_dir))
     return df

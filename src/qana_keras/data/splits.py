@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from qana_keras import CLASSES
-from qana_keras.data.ham10000 import DatasetError, read_csv_rows
+from qana_keras.data.checks import DatasetError, read_csv_rows
 from qana_keras.io import atomic_path
 
 SPLITS = ("train", "val", "test")

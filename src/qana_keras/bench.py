@@ -1,6 +1,4 @@
-"""CPU inference speed of a run's float Keras, quantized Keras and Akida-software-backend models.
-
-    qana bench --run runs/<name>          (or: python scripts/bench.py --run runs/<name>)
+"""`qana bench`: CPU inference speed of a run's float Keras, quantized Keras and Akida-software-backend models.
 
 Measures images/s and ms/image at batch 1 and batch 100 on this machine's CPU and writes
 ``bench.json`` in the run folder. These are CPU figures: the Akida row is the software simulator,
@@ -8,10 +6,8 @@ not the chip, and says nothing about Akida hardware latency or throughput.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -63,8 +59,6 @@ def bench_model(name: str, model, images: np.ndarray, batch_sizes=BATCH_SIZES, m
 
 def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data_config=None, log=print) -> dict:
     """Benchmark the three models of ``run_dir`` on its test images; writes bench.json."""
-    import tf_keras as keras
-
     from qana_keras.config import load_config
     from qana_keras.convert import load_converted, precision_tag
     from qana_keras.data.dataset import load_splits
@@ -113,21 +107,3 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['model']:<{width}}  {r['batch_size']:>5}  {r['images_per_second']:>9.1f}  "
                      f"{r['ms_per_image']:>9.2f}  {r['cpu_ms_per_image']:>12.2f}")
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qana bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="run folder with a converted model (qana convert)")
-    parser.add_argument("--bits", type=int, choices=(8, 4), default=8)
-    parser.add_argument("--min-seconds", type=float, default=3.0, help="minimum timing per model and batch size")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    bench_run(args.run, bits=args.bits, min_seconds=args.min_seconds)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

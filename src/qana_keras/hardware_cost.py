@@ -1,9 +1,10 @@
-#!/usr/bin/env python
-"""Hardware cost of every ablation and baseline on Akida 2.0, without training.
+"""`qana hardware-cost`: hardware cost of every ablation and baseline on Akida 2.0, without training.
 
-usage: python scripts/hardware_cost.py [NAME ...] [--json runs/ablations/hardware_cost.json]
+usage: qana hardware-cost [NAME ...] [--json runs/ablations/hardware_cost.json]
        [--markdown FILE] [--widths tiny] [--calibration 32] [--set SECTION.KEY=VALUE]
-       python scripts/hardware_cost.py --render runs/ablations/hardware_cost.json [--markdown FILE]
+       qana hardware-cost --render runs/ablations/hardware_cost.json [--markdown FILE]
+
+(`qana hardware-table` is the other view: the published, trained ``.fbz`` files on every device.)
 
 For each model (default: all of ``MODELS``; ``--list`` prints them), the untrained float model is
 built from configs/qana.yaml plus the model's overrides, quantized to 8 bits (quantizeml, calibrated
@@ -38,24 +39,19 @@ A model that fails to build, quantize or convert gets ``error`` (a message) and 
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from qana_keras.config import REPO_ROOT, load_config
 
-import qana_keras  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import tf_keras as keras  # noqa: E402
+if TYPE_CHECKING:  # TensorFlow is imported only where a model is built: `qana --help` stays fast
+    import tf_keras as keras
 
-from qana_keras.config import load_config  # noqa: E402
-from qana_keras.studies import hardware_cost_table  # noqa: E402
-
-REFERENCE_CONFIG = REPO / "configs" / "qana.yaml"
+REFERENCE_CONFIG = REPO_ROOT / "configs" / "qana.yaml"
 
 # name -> `qana train --set` overrides on top of configs/qana.yaml. ``qana`` is the reference model
 # (64x64, SA-ECA in stages 2-4, additive SE); the others change one thing each.
@@ -76,7 +72,7 @@ MODELS: dict[str, list[str]] = {
 TINY_OVERRIDES = ["model.widths=8,16", "model.stem_filters=8", "model.head_channels=8", "model.se_ratio=4"]
 
 
-def model_config(name: str, extra: list[str] | None = None, config_path: Path = REFERENCE_CONFIG):
+def model_config(name: str, extra: list[str] | None = None, config_path=REFERENCE_CONFIG):
     """The full Config of ``name``: the reference YAML, then the model's overrides, then ``extra``."""
     if name not in MODELS:
         raise ValueError(f"unknown ablation/baseline {name!r}; known: {', '.join(MODELS)}")
@@ -92,6 +88,8 @@ def model_config(name: str, extra: list[str] | None = None, config_path: Path = 
 
 def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates per image of the convolutions and dense layers of a float Keras model."""
+    import tf_keras as keras
+
     total = 0
     for layer in model.layers:
         kind = type(layer).__name__
@@ -159,6 +157,8 @@ def mapping_cost(akida_model, r_succ: float | None = None, log=print) -> dict:
 
 def cost_row(name: str, extra: list[str] | None = None, calibration: int = 32, log=print) -> dict:
     """Build ``name`` (untrained) and measure its hardware cost; errors are reported in the row."""
+    import tf_keras as keras
+
     from qana_keras.models.qana import build_model
 
     began = time.perf_counter()
@@ -178,50 +178,14 @@ def cost_row(name: str, extra: list[str] | None = None, calibration: int = 32, l
     return row
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", help=f"models (default all): {', '.join(MODELS)}")
-    parser.add_argument("--json", help="write the rows here (e.g. runs/ablations/hardware_cost.json)")
-    parser.add_argument("--markdown", help="also write the table as Markdown here")
-    parser.add_argument("--widths", choices=("reference", "tiny"), default="reference",
-                        help="tiny: a few channels per layer (tests, smoke runs)")
-    parser.add_argument("--calibration", type=int, default=32, help="random calibration images")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="extra override applied to every model")
-    parser.add_argument("--list", action="store_true", help="print the models and their overrides, then stop")
-    parser.add_argument("--render", metavar="JSON", help="only print (and --markdown) the table of rows in JSON")
-    args = parser.parse_args(argv)
-    if args.render:
-        from qana_keras.io import atomic_write_text, read_json
 
-        table = hardware_cost_table(read_json(args.render))
-        print(table)
-        if args.markdown:
-            atomic_write_text(args.markdown, table + "\n")
-        return 0
-    if args.list:
-        for name, overrides in MODELS.items():
-            print(f"{name:20s} {' '.join(overrides) or '(reference)'}")
-        return 0
-    unknown = [n for n in args.names if n not in MODELS]
+def cost_rows(names: list[str] | None = None, widths: str = "reference", extra: list[str] | None = None,
+              calibration: int = 32, log=print) -> list[dict]:
+    """``cost_row`` of each of ``names`` (default: every model of ``MODELS``); ``widths="tiny"`` for smoke runs."""
+    unknown = [n for n in names or [] if n not in MODELS]
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-    extra = (TINY_OVERRIDES if args.widths == "tiny" else []) + args.set
-    rows = [cost_row(name, extra, calibration=args.calibration) for name in (args.names or MODELS)]
-    table = hardware_cost_table(rows)
-    print(table)
-    if args.json:
-        from qana_keras.io import write_json
-
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, rows)
-        print(f"wrote {args.json}")
-    if args.markdown:
-        from qana_keras.io import atomic_write_text
-
-        atomic_write_text(args.markdown, table + "\n")
-    return 1 if any(r.get("error") for r in rows) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    if widths not in ("reference", "tiny"):
+        raise ValueError(f"widths must be 'reference' or 'tiny', not {widths!r}")
+    overrides = (TINY_OVERRIDES if widths == "tiny" else []) + list(extra or [])
+    return [cost_row(name, overrides, calibration=calibration, log=log) for name in (names or MODELS)]

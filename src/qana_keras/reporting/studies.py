@@ -2,21 +2,28 @@
 
 - readout head ablation: ``scripts/head_ablation.py RUN --akida`` -> ``models/<model>/head_ablation.json``
 - lesion crop: ``qana crop --json`` -> ``reports/crop/*.json``
-- hardware cost: ``scripts/hardware_cost.py`` -> ``models/hardware_cost.json``
+- hardware cost: ``qana hardware-cost --json`` -> ``models/hardware_cost.json``
 - seeds: ``scripts/seed_summary.py`` -> ``models/seeds/summary.json`` (reference recipe), ``<recipe>_summary.json``
 
-The scripts print these tables and ``qana report`` renders them into reports/README.md and the docs/*.md
+Their commands print these tables and ``qana report`` renders them into reports/README.md and the docs/*.md
 pages that hold their markers, so no figure of a study is typed by hand.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from qana_keras import CLASSES
-from qana_keras.markdown import table
+from qana_keras.io import display_path
+from qana_keras.markdown import ReportError, table
+from qana_keras.reporting.models import read_optional_json
+
 
 PAIRED = (("top1", "Δ top-1"), ("macro_f1", "Δ macro-F1"), ("balanced_accuracy", "Δ bal. acc."))
 CROP_VARIANTS = {"whole": "whole image", "saliency_crop": "saliency crop",
                  "saliency_crop_tiling": "saliency crop + 2x2 tiling fallback", "mask_crop": "mask crop (oracle)",
                  "centre_crop": "centred box of the saliency box's size"}
+
+
 SEED_COLUMNS = ("top1", "balanced_accuracy", "macro_f1", "recall_akiec", "recall_df", "recall_vasc")
 
 
@@ -110,3 +117,51 @@ def seed_table(summary: dict) -> str:
                  *(f"{s[c]['mean']:.3f} ± {s[c]['std']:.3f}" for c in SEED_COLUMNS)])
     header = ["run", "seed", "top-1", "bal. acc.", "macro-F1", "recall akiec", "recall df", "recall vasc"]
     return table(header, rows)
+
+
+def find_studies(models_dir: Path, out_dir: Path) -> dict[str, list[Path]]:
+    """The side studies' JSON files (above): head ablations, crop studies, hardware cost, seeds."""
+    return {"head": sorted(models_dir.glob("*/head_ablation.json")), "crop": sorted((out_dir / "crop").glob("*.json")),
+            "hardware_cost": [p for p in [models_dir / "hardware_cost.json"] if p.is_file()],
+            # summary.json (the reference recipe) first, then one <recipe>_summary.json per other recipe
+            "seeds": sorted((models_dir / "seeds").glob("*summary.json"), key=lambda p: (p.name != "summary.json", p))}
+
+
+def study_blocks(studies: dict[str, list[Path]]) -> dict[str, str]:
+    """Markdown of each side study. Keys ``report:NAME`` are README blocks; "head (all)" and "crop (all)"
+    hold every file for reports/README.md."""
+
+    def render(path: Path, markdown, *args, data: dict | None = None) -> str:
+        try:
+            return f"From `{display_path(path)}`.\n\n{markdown(data or read_optional_json(path), *args)}"
+        except (KeyError, TypeError, AttributeError, StopIteration) as error:
+            raise ReportError(f"{path}: not the output of its study's command (missing or malformed {error}); "
+                              "regenerate it with the command in the module docstring of "
+                              "qana_keras.reporting.studies") from None
+
+    heads = [render(p, head_ablation_markdown, f"`{display_path(p.parent)}`") for p in studies["head"]]
+    crops = [(data, render(p, crop_table, data=data))
+             for p, data in ((p, read_optional_json(p)) for p in studies["crop"])]
+    blocks = {}
+    if heads:  # models/qana sorts first: the README shows the reference's ablation
+        blocks["report:head"], blocks["head (all)"] = heads[0], "\n\n".join(heads)
+    if crops:  # the README shows the matched experiment: a classifier trained on crops against whole images
+        matched = [text for data, text in crops if data.get("classifier_trained_on", "none") != "none"]
+        blocks["report:crop"] = "\n\n".join(matched) or "No matched crop study."
+        blocks["crop (all)"] = "\n\n".join(text for _, text in crops)
+    for p in studies["hardware_cost"]:
+        blocks["report:hardware-cost"] = render(p, hardware_cost_table)
+    if studies["seeds"]:
+        blocks["report:seeds"] = "\n\n".join(render(p, seed_table) for p in studies["seeds"])
+    return blocks
+
+
+def render_studies(blocks: dict[str, str]) -> list[str]:
+    titles = (("report:seeds", "Seeds"), ("report:hardware-cost",
+              "Hardware cost of every variant (untrained weights; mapping does not depend on them)"),
+              ("head (all)", "Readout head: embedding-space SMOTE ablation"), ("crop (all)", "Lesion crop ablation"))
+    lines = []
+    for key, title in titles:
+        if key in blocks:
+            lines += [f"### {title}", "", blocks[key], ""]
+    return lines

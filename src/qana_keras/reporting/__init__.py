@@ -1,0 +1,1 @@
+"""`qana report` and what it renders: model folders, cached evaluations, ablation tables, side studies, Markdown."""
