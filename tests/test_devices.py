@@ -236,6 +236,9 @@ def test_hardware_table_from_model_folders(tmp_path, tiny_qana, tiny_v1):
     assert "not measured (no board)" in md
     text = readme.read_text()
     assert "stale block" not in text and "| `models/tiny/qana.fbz` | v2 |" in text and text.endswith("after\n")
+    # The README keeps the models of their own folders; a group's models are in reports/hardware only.
+    assert f"`models/group/v1/{tiny_v1.name}`" in md and f"`models/group/v1/{tiny_v1.name}`" not in text
+    assert "all 2 (with the ablations" in text
 
 
 _BOARD = {"measured_on_chip": True, "device": "PCIe/NSoC_v2/0", "batch_size": 100, "latency_ms_batch1": 1.0,

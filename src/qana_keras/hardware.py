@@ -221,13 +221,20 @@ def _min(m: dict) -> str:
     return f"{m.get('one_pass_nps') or '—'} / {m.get('hwpr_nps') or '—'}"
 
 
-def render_markdown(data: dict) -> str:
-    """The table (models x devices) with a legend; every figure comes from ``data`` (``build_table``)."""
+def is_headline(model: str) -> bool:
+    """A model of its own folder (``models/X/file.fbz``), not one of a group (ablations, seeds, crop fine-tunes)."""
+    return len(Path(model).parts) == 3
+
+
+def render_markdown(data: dict, headline_only: bool = False) -> str:
+    """The table (models x devices) with a legend; every figure comes from ``data`` (``build_table``).
+    ``headline_only`` (the README) keeps the models of their own folders and links the whole table."""
     header = ["model", "IP", "MACs", "top-1 / bal. acc. / macro-F1 (test)",
               *[d["name"] for d in data["devices"]], "min NPs (1 pass / HwPr)", "chip latency, energy",
               f"{TFLITE_LABEL}: top-1 / bal. acc. / macro-F1 (test), size"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for m in data["models"]:
+    models = [m for m in data["models"] if is_headline(m["model"])] if headline_only else data["models"]
+    for m in models:
         a = m["accuracy"]
         acc = (f"{_fmt(a['top1'])} / {_fmt(a['balanced_accuracy'])} / {_fmt(a['macro_f1'])} ({a['source']})"
                if a["source"] else "not evaluated")
@@ -259,6 +266,9 @@ def render_markdown(data: dict) -> str:
         "min NPs: `akida.compute_min_device` without and with `enable_hwpr` (— where akida cannot size it).",
         chip_note,
     ]
+    if headline_only:
+        notes.insert(0, f"Models of their own `models/` folder; all {len(data['models'])} (with the ablations, seeds "
+                        "and crop fine-tunes): [reports/hardware/hardware_table.md](reports/hardware/hardware_table.md).")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -277,6 +287,6 @@ def write_hardware_table(models_dir: str | Path = "models", out_dir: str | Path 
     log(f"wrote {out_dir / 'hardware_table.md'}, hardware_table.json and accuracy_vs_cost.png ({len(data['models'])} models x "
         f"{len(data['devices'])} devices)")
     if readme:
-        changed = rewrite_block(readme, markdown, BLOCK)
+        changed = rewrite_block(readme, render_markdown(data, headline_only=True), BLOCK)
         log(f"{readme}: block {BLOCK} {'rewritten' if changed else 'unchanged'}")
     return data
