@@ -12,7 +12,7 @@ Every model uses the same lesion-level split file and training seed.
 
 Steps per model, each skipped when its output already exists (so a killed job reruns cheaply):
   1. ``qana_keras.train.train`` into ``OUT/NAME/`` (resumed if it was interrupted)
-  2. ``qana_keras.convert.convert_run`` (8-bit quantization, strict conversion; QAT as ``qana convert``)
+  2. ``qana_keras.conversion.run.convert_run`` (8-bit quantization, strict conversion; QAT as ``qana convert``)
   3. the Akida model (simulator) on the test split -> ``OUT/NAME/test_logits_akida.npz``
   4. mapping on the Akida 2.0 virtual devices (weights do not change it)
   5. ``OUT/NAME.json``: the row below
@@ -98,7 +98,7 @@ def train_step(run_dir: Path, config: Config, log=print) -> float:
 
 
 def convert_step(run_dir: Path, calibration: int, qat_epochs: int, log=print) -> tuple[dict, float]:
-    from qana_keras.convert import convert_run
+    from qana_keras.conversion.run import convert_run
 
     report_path = run_dir / "conversion.json"
     if report_path.exists():
@@ -115,7 +115,8 @@ def akida_test_predictions(run_dir: Path, test, cache: Path, log=print) -> np.nd
 
     The cache also holds the test image ids, so a cache made on another split or data set is refused.
     """
-    from qana_keras.convert import load_converted, predict_logits
+    from qana_keras.runs import RunFolder
+    from qana_keras.runtime.load import predict_logits
 
     ids = test.frame["image_id"].to_numpy().astype(str)
     if cache.exists():
@@ -123,7 +124,7 @@ def akida_test_predictions(run_dir: Path, test, cache: Path, log=print) -> np.nd
         if not np.array_equal(saved["image_ids"], ids):
             raise ValueError(f"{cache} holds predictions for other test images; delete it to recompute")
         return saved["logits"]
-    ak = load_converted(run_dir)["akida"]
+    ak = RunFolder(run_dir).converted()["akida"]
     began = time.perf_counter()
     logits = predict_logits(ak, test.images, batch_size=100)
     log(f"{run_dir.name}: Akida on {len(ids)} test images in {time.perf_counter() - began:.0f}s")
@@ -200,7 +201,7 @@ def run_one(name: str, args, log=print) -> dict:
                       "metrics": paired_bootstrap_difference(test.labels, ref_logits.argmax(1), logits.argmax(1),
                                                              groups, n_boot=args.n_boot, seed=seed)}
 
-    from qana_keras.convert import artifact_paths
+    from qana_keras.runs import artifact_paths
 
     ak = load_akida_model(artifact_paths(run_dir, config.model.variant)["akida"])
     hardware = hardware_cost.mapping_cost(ak, r_succ=conversion["r_succ"], log=log)

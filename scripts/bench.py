@@ -40,7 +40,7 @@ def bench_model(name: str, model, images: np.ndarray, batch_sizes=BATCH_SIZES, m
     """One row per batch size: images/s and ms/image for one model."""
     import tf_keras as keras
 
-    from qana_keras.convert import HybridModel, akida_logits
+    from qana_keras.runtime.load import HybridModel, akida_logits
 
     rows = []
     for batch in batch_sizes:
@@ -66,7 +66,7 @@ def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data
     import tf_keras as keras
 
     from qana_keras.config import load_config
-    from qana_keras.convert import load_converted, precision_tag
+    from qana_keras.runs import RunFolder, precision_tag
     from qana_keras.data.dataset import load_splits
     from qana_keras.io import write_json
 
@@ -74,7 +74,7 @@ def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data
     config = load_config(run_dir / "config.yaml")
     if data_config is not None:
         config.data = data_config
-    converted = load_converted(run_dir, bits)
+    converted = RunFolder(run_dir).converted(bits)
     images = load_splits(config.data, log=log)["test"].images[:max(BATCH_SIZES)]
     models = {"float Keras (TensorFlow CPU)": load_keras_model(converted["paths"]["float"]),
               f"quantized Keras {precision_tag(bits)} (TensorFlow CPU)": converted["quantized"],

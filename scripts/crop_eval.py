@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from qana_keras.cli import add_crop_evaluation_arguments
-from qana_keras.crop import crop_setup, evaluate_crops, format_report
+from qana_keras.crop.study import crop_setup, evaluate_crops, format_report
 from qana_keras.io import write_json
 
 
@@ -38,8 +38,8 @@ def main(argv=None) -> int:
                             max_images=args.max_images)
     report["classifier_trained_on"] = trained_on
     if args.compare_saliency:
-        from qana_keras.crop import saliency_agreement, split_table
-        from qana_keras.saliency import load_saliency
+        from qana_keras.crop.study import saliency_agreement, split_table
+        from qana_keras.crop.saliency import load_saliency
 
         meta = split_table(setup["data_dir"], "test", setup["split_file"], args.max_images)
         agreement = saliency_agreement(meta, load_saliency(setup["saliency_path"], setup["method"], args.layer),

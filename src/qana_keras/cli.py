@@ -120,7 +120,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from qana_keras.convert import ConversionError, convert_run
+    from qana_keras.conversion import ConversionError
+    from qana_keras.conversion.run import convert_run
 
     try:
         convert_run(args.run, bits=args.bits, num_calibration=args.calibration, batch_size=args.batch_size,
@@ -277,7 +278,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_crop(args) -> int:
     from qana_keras.config import load_config
-    from qana_keras.crop import crop_setup, evaluate_crops, format_report, split_table, write_overlays
+    from qana_keras.crop.study import crop_setup, evaluate_crops, format_report, split_table, write_overlays
     from qana_keras.io import write_json
 
     if not args.json and not args.overlays:
@@ -302,8 +303,8 @@ def cmd_crop(args) -> int:
         write_json(args.json, report)
         print(f"wrote {args.json}")
     if args.overlays:
-        from qana_keras.crop import load_classifier
-        from qana_keras.saliency import load_saliency
+        from qana_keras.crop.saliency import load_saliency
+        from qana_keras.crop.study import load_classifier
 
         classifier, size = load_classifier(setup["model_path"])
         meta = split_table(setup["data_dir"], args.split, setup["split_file"])
