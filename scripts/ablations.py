@@ -60,6 +60,7 @@ import hardware_cost  # noqa: E402  (sets up qana_keras and tf_keras)
 from qana_keras import CLASSES  # noqa: E402
 from qana_keras.config import Config, load_config  # noqa: E402
 from qana_keras.io import RunFolderError, read_json, write_json  # noqa: E402
+from qana_keras.runs import artifact_paths  # noqa: E402
 from qana_keras.safe_load import load_akida_model, load_keras_model
 
 MODELS = hardware_cost.MODELS
@@ -100,7 +101,9 @@ def train_step(run_dir: Path, config: Config, log=print) -> float:
 def convert_step(run_dir: Path, calibration: int, qat_epochs: int, log=print) -> tuple[dict, float]:
     from qana_keras.conversion.run import convert_run
 
-    report_path = run_dir / "conversion.json"
+    from qana_keras.runs import RunFolder
+
+    report_path = RunFolder(run_dir).artifacts()["report"]
     if report_path.exists():
         log(f"{run_dir.name}: already converted")
         return read_json(report_path), 0.0
@@ -149,7 +152,7 @@ def reference_predictions(args, out: Path, config: Config, test, log=print) -> t
     """
     from dataclasses import replace
 
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.runs import load_splits
 
     if args.reference_run:
         run = Path(args.reference_run)
@@ -167,7 +170,7 @@ def reference_predictions(args, out: Path, config: Config, test, log=print) -> t
 
 def run_one(name: str, args, log=print) -> dict:
 
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.runs import load_splits
     from qana_keras.metrics import paired_bootstrap_difference
     from qana_keras.provenance import versions
 
@@ -181,7 +184,7 @@ def run_one(name: str, args, log=print) -> dict:
     test = load_splits(config.data, log=lambda *_: None)["test"]
     groups = test.frame["lesion_id"].to_numpy()
     logits = akida_test_predictions(run_dir, test, run_dir / AKIDA_LOGITS, log=log)
-    float_model = load_keras_model(run_dir / f"{config.model.variant}_float.h5")
+    float_model = load_keras_model(artifact_paths(run_dir, config.model.variant)["float"])
     float_logits = float_model.predict(test.images, batch_size=256, verbose=0)
     seed = config.train.seed
     test_row = {"n_images": int(len(test)), "n_lesions": int(len(np.unique(groups))),
@@ -200,8 +203,6 @@ def run_one(name: str, args, log=print) -> dict:
                       "n_boot": args.n_boot, "model": "akida",
                       "metrics": paired_bootstrap_difference(test.labels, ref_logits.argmax(1), logits.argmax(1),
                                                              groups, n_boot=args.n_boot, seed=seed)}
-
-    from qana_keras.runs import artifact_paths
 
     ak = load_akida_model(artifact_paths(run_dir, config.model.variant)["akida"])
     hardware = hardware_cost.mapping_cost(ak, r_succ=conversion["r_succ"], log=log)

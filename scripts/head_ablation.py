@@ -204,7 +204,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from qana_keras.runs import artifact_paths
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.runs import load_splits
 
     began = time.perf_counter()
     run_dir = Path(args.run)
