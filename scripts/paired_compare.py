@@ -20,12 +20,12 @@ from qana_keras.distill import model_probabilities
 from qana_keras.evaluate import model_image_size
 from qana_keras.io import write_json
 from qana_keras.metrics import format_difference, headline_metrics, paired_bootstrap_difference
-from qana_keras.runtime.load import load_model, predict_logits
+from qana_keras.runtime.load import load_model_any, predict_logits
 
 
 def predictions(path: str, tta: bool, sources: tuple, splits_by_size: dict) -> dict:
     """Predicted classes of the model at ``path`` on every split (8-view TTA for Keras models with ``tta``)."""
-    model = load_model(path)
+    model = load_model_any(path)
     size = model_image_size(path, model)
     if size not in splits_by_size:
         splits_by_size[size] = load_splits(DataConfig(image_size=size, extra_sources=sources), extra_sources=True)

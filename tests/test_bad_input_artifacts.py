@@ -22,7 +22,7 @@ from fixtures import REPO, tiny_model, write_run_fixture
 import qana_keras
 from qana_keras import safe_load
 from qana_keras.cli import main
-from qana_keras.runtime.load import load_model
+from qana_keras.runtime.load import load_model_any
 from qana_keras.safe_load import ArtifactError
 
 COMMITTED_FBZ = REPO / "models" / "qana" / "qana.fbz"
@@ -138,7 +138,7 @@ def _crop_classifier(path):
     load_classifier(path)
 
 
-@pytest.mark.parametrize("loader", [load_model, _init_from, _saliency, _crop_classifier,
+@pytest.mark.parametrize("loader", [load_model_any, _init_from, _saliency, _crop_classifier,
                                     safe_load.load_keras_model])
 @pytest.mark.parametrize("name, layer", [("evil.h5", "Lambda"), ("nested.h5", "Lambda")])
 def test_every_entry_point_refuses_lambda_layers(evil, loader, name, layer):
@@ -276,7 +276,7 @@ def test_conversion_json_cannot_point_outside_the_model_folder(model_dir, tmp_pa
     write_json(folder / "conversion.json", {"artifacts": {"akida": "qana.fbz", "quantized": pointer},
                                             "hybrid": {"boundary": "dense/dequantizer"}})
     with pytest.raises(ArtifactError, match=r"conversion\.json: artifact .* (absolute path|points outside)"):
-        load_model(folder / "qana.fbz")
+        load_model_any(folder / "qana.fbz")
 
 
 def test_inside_folder_accepts_plain_names(tmp_path):
@@ -317,7 +317,7 @@ def test_text_file_named_fbz_is_the_same_clear_error(tmp_path):
     path = tmp_path / "model.fbz"
     path.write_text("hello\n")
     with pytest.raises(ArtifactError, match=r"not a readable Akida model \(truncated or corrupt\); re-run qana"):
-        load_model(path)
+        load_model_any(path)
 
 
 def test_probe_result_is_cached_per_file_state(tmp_path):
@@ -349,11 +349,11 @@ def test_recorded_checksum_is_verified(tmp_path):
     shutil.copy(COMMITTED_FBZ, path)
     report = {"artifacts": {"akida": "qana.fbz"}, "hybrid": None, "checksums": {"qana.fbz": safe_load.file_record(path)}}
     write_json(tmp_path / "conversion.json", report)
-    assert type(load_model(path)).__name__ == "Model"
+    assert type(load_model_any(path)).__name__ == "Model"
     report["checksums"]["qana.fbz"]["sha256"] = "0" * 64  # the file no longer matches its record
     write_json(tmp_path / "conversion.json", report)
     with pytest.raises(ArtifactError, match=r"SHA-256 recorded in .*conversion\.json.*re-run qana convert"):
-        load_model(path)
+        load_model_any(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -480,7 +480,7 @@ def test_corrupt_conversion_json_is_named_once(tmp_path, content):
     shutil.copy(COMMITTED_FBZ, tmp_path / "qana.fbz")
     (tmp_path / "conversion.json").write_bytes(content)
     with pytest.raises(ArtifactError) as error:
-        load_model(tmp_path / "qana.fbz")
+        load_model_any(tmp_path / "qana.fbz")
     message = str(error.value)
     assert message.startswith(f"{tmp_path / 'conversion.json'}: not valid JSON (")
     assert message.count("conversion.json") == 1

@@ -26,7 +26,7 @@ import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras import CLASSES
 from qana_keras.io import write_json
 from qana_keras.progress import run_with_progress
-from qana_keras.runtime.load import input_shape, load_model
+from qana_keras.runtime.load import input_shape, load_model_any
 
 FORMATS = ("ham10000", "pad-ufes-20", "isic2018")
 # Default resampling unit of the bootstrap per format; isic2018 uses lesion_id when groupings are given.
@@ -146,7 +146,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     began = time.perf_counter()
     check_n_boot(n_boot)
     model_path = Path(model_path)
-    model = load_model(model_path)
+    model = load_model_any(model_path)
     size = model_image_size(model_path, model)
     config = load_config(model_path.parent / "config.yaml")
     if split is not None and split_file is None and fmt == "ham10000":

@@ -1,7 +1,7 @@
 """`qana predict`: classify image files with a saved model (.h5 Keras or .fbz Akida on the software backend).
 
 Images get the training preprocessing: ``read_rgb`` (full decode, RGB check) and ``resize_image`` (whole
-frame, INTER_AREA) to the model's input size. Models are loaded by ``runtime.load.load_model`` (a hybrid
+frame, INTER_AREA) to the model's input size. Models are loaded by ``runtime.load.load_model_any`` (a hybrid
 .fbz gets its host tail from the conversion*.json beside it) and run by ``runtime.load.predict_logits``.
 Files that are not images, or do not decode, are named and skipped.
 """
@@ -109,12 +109,12 @@ def prediction_rows(paths: list[Path], logits: np.ndarray, classes: tuple[str, .
 
 def predict_images(target: str | Path, model_path: str | Path, batch_size: int = 100) -> Predictions:
     """Classify the image ``target`` or every image file in the folder ``target``."""
-    from qana_keras.runtime.load import load_model, predict_logits
+    from qana_keras.runtime.load import load_model_any, predict_logits
 
     model_path = Path(model_path)
     paths = list_inputs(target)
     _refuse_crop_models(model_path)
-    model = load_model(model_path)
+    model = load_model_any(model_path)
     size = model_input_size(model, model_path)
     classes = model_classes(model_path)
     kept, images, skipped = load_images(paths, size)

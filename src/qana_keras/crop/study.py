@@ -85,9 +85,9 @@ def _scores(labels, probabilities, groups, n_boot: int, seed: int) -> dict:
 
 def load_classifier(path):
     """A .h5 or .fbz classifier and its input size."""
-    from qana_keras.runtime.load import input_shape, load_model
+    from qana_keras.runtime.load import input_shape, load_model_any
 
-    model = load_model(path)
+    model = load_model_any(path)
     return model, int(input_shape(model)[0])
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from qana_keras.safe_load import inside_folder, load_akida_model, load_keras_model, load_model_file, reports_naming
 
 __all__ = ["HybridModel", "akida_logits", "conversion_report_for", "input_shape", "load_akida_model",
-           "load_keras_model", "load_model", "predict_logits", "tail_model"]
+           "load_keras_model", "load_model_any", "predict_logits", "tail_model"]
 
 
 def akida_logits(akida_model, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
@@ -67,7 +67,7 @@ def conversion_report_for(fbz: Path) -> tuple[Path, dict] | None:
     return next(iter(reports_naming(fbz)), None)
 
 
-def load_model(path: str | Path):
+def load_model_any(path: str | Path):
     """A .h5 (float or quantized Keras) or .fbz (Akida; a hybrid's prefix gets its host tail back), checked
     before loading (``safe_load``)."""
     path = Path(path)
