@@ -91,7 +91,7 @@ class Setup:
 
     def write_fixture_masks(self) -> None:
         """Quick mode: lesion masks of the fixture's blobs in the official layout."""
-        from qana_keras.crop import MASK_DIR
+        from qana_keras.crop.geometry import MASK_DIR
 
         if self.quick and not (Path(self.data.data_dir) / MASK_DIR).is_dir():
             from qana_keras.data.synthetic import write_lesion_masks
@@ -116,7 +116,7 @@ class Setup:
         """A run folder with quantized and Akida models (converts the quick run if needed)."""
         run = self.trained_run()
         if self.quick and not (run / "conversion.json").exists():
-            from qana_keras.convert import convert_run
+            from qana_keras.conversion.run import convert_run
 
             convert_run(run, num_calibration=64, batch_size=16, qat_epochs=0, overwrite=True)
         return run
@@ -129,7 +129,7 @@ class Setup:
         if not self.quick:
             return reference_copy(run, self.data, AKD1000_REFERENCE)
         if not (run / "conversion_i8_w4_a4.json").exists():
-            from qana_keras.convert import convert_run
+            from qana_keras.conversion.run import convert_run
             from qana_keras.train import train
 
             config = self.quick_config()

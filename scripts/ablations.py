@@ -12,7 +12,7 @@ Every model uses the same lesion-level split file and training seed.
 
 Steps per model, each skipped when its output already exists (so a killed job reruns cheaply):
   1. ``qana_keras.train.train`` into ``OUT/NAME/`` (resumed if it was interrupted)
-  2. ``qana_keras.convert.convert_run`` (8-bit quantization, strict conversion; QAT as ``qana convert``)
+  2. ``qana_keras.conversion.run.convert_run`` (8-bit quantization, strict conversion; QAT as ``qana convert``)
   3. the Akida model (simulator) on the test split -> ``OUT/NAME/test_logits_akida.npz``
   4. mapping on the Akida 2.0 virtual devices (weights do not change it)
   5. ``OUT/NAME.json``: the row below
@@ -54,6 +54,7 @@ import numpy as np
 from qana_keras import CLASSES, hardware_cost  # qana_keras first: it sets TF_USE_LEGACY_KERAS for tf_keras
 from qana_keras.config import REPO_ROOT, Config, load_config
 from qana_keras.io import RunFolderError, read_json, write_json
+from qana_keras.runs import artifact_paths
 from qana_keras.safe_load import load_akida_model, load_keras_model
 
 MODELS = hardware_cost.MODELS
@@ -92,9 +93,11 @@ def train_step(run_dir: Path, config: Config, log=print) -> float:
 
 
 def convert_step(run_dir: Path, calibration: int, qat_epochs: int, log=print) -> tuple[dict, float]:
-    from qana_keras.convert import convert_run
+    from qana_keras.conversion.run import convert_run
 
-    report_path = run_dir / "conversion.json"
+    from qana_keras.runs import RunFolder
+
+    report_path = RunFolder(run_dir).artifacts()["report"]
     if report_path.exists():
         log(f"{run_dir.name}: already converted")
         return read_json(report_path), 0.0
@@ -109,7 +112,8 @@ def akida_test_predictions(run_dir: Path, test, cache: Path, log=print) -> np.nd
 
     The cache also holds the test image ids, so a cache made on another split or data set is refused.
     """
-    from qana_keras.convert import load_converted, predict_logits
+    from qana_keras.runs import RunFolder
+    from qana_keras.runtime.load import predict_logits
 
     ids = test.frame["image_id"].to_numpy().astype(str)
     if cache.exists():
@@ -117,7 +121,7 @@ def akida_test_predictions(run_dir: Path, test, cache: Path, log=print) -> np.nd
         if not np.array_equal(saved["image_ids"], ids):
             raise ValueError(f"{cache} holds predictions for other test images; delete it to recompute")
         return saved["logits"]
-    ak = load_converted(run_dir)["akida"]
+    ak = RunFolder(run_dir).converted()["akida"]
     began = time.perf_counter()
     logits = predict_logits(ak, test.images, batch_size=100)
     log(f"{run_dir.name}: Akida on {len(ids)} test images in {time.perf_counter() - began:.0f}s")
@@ -142,7 +146,7 @@ def reference_predictions(args, out: Path, config: Config, test, log=print) -> t
     """
     from dataclasses import replace
 
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.runs import load_splits
 
     if args.reference_run:
         run = Path(args.reference_run)
@@ -160,7 +164,7 @@ def reference_predictions(args, out: Path, config: Config, test, log=print) -> t
 
 def run_one(name: str, args, log=print) -> dict:
 
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.runs import load_splits
     from qana_keras.metrics import paired_bootstrap_difference
     from qana_keras.provenance import versions
 
@@ -174,7 +178,7 @@ def run_one(name: str, args, log=print) -> dict:
     test = load_splits(config.data, log=lambda *_: None)["test"]
     groups = test.frame["lesion_id"].to_numpy()
     logits = akida_test_predictions(run_dir, test, run_dir / AKIDA_LOGITS, log=log)
-    float_model = load_keras_model(run_dir / f"{config.model.variant}_float.h5")
+    float_model = load_keras_model(artifact_paths(run_dir, config.model.variant)["float"])
     float_logits = float_model.predict(test.images, batch_size=256, verbose=0)
     seed = config.train.seed
     test_row = {"n_images": int(len(test)), "n_lesions": int(len(np.unique(groups))),
@@ -193,8 +197,6 @@ def run_one(name: str, args, log=print) -> dict:
                       "n_boot": args.n_boot, "model": "akida",
                       "metrics": paired_bootstrap_difference(test.labels, ref_logits.argmax(1), logits.argmax(1),
                                                              groups, n_boot=args.n_boot, seed=seed)}
-
-    from qana_keras.convert import artifact_paths
 
     ak = load_akida_model(artifact_paths(run_dir, config.model.variant)["akida"])
     hardware = hardware_cost.mapping_cost(ak, r_succ=conversion["r_succ"], log=log)

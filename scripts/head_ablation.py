@@ -17,7 +17,7 @@ safe anchors, ratio, noise, C, components, embedding), writes head_sweep.json an
 Columns: "float" = the float Keras model with the folded head (float embeddings); "quantized" = the
 folded head on the quantized backbone's embeddings (what the Akida dense layer reads); "akida" (with
 --akida, or when the run has been converted) = each folded model quantized and converted with
-qana_keras.convert and run in the Akida simulator. Paired lesion bootstrap (1000 resamples) of every
+qana_keras.conversion and run in the Akida simulator. Paired lesion bootstrap (1000 resamples) of every
 row against row a, per column. Writes head_ablation.json into RUN.
 """
 from __future__ import annotations
@@ -168,7 +168,8 @@ def pick_c(emb, labels_train, labels_val, cfg: HeadConfig, whitening, log) -> tu
 
 def akida_logits_of(model, data, variant: str, config: HeadConfig, log) -> dict:
     """Quantize (same calibration draw as `qana convert`) and convert ``model``; Akida logits of val and test."""
-    from qana_keras.convert import akida_logits, integer_completeness, quantize_for_akida, to_akida
+    from qana_keras.conversion.quantize import integer_completeness, quantize_for_akida, to_akida
+    from qana_keras.runtime.load import akida_logits
 
     picked = calibration_indices(len(data["train"]), config.calibration, config.seed)
     qmodel, _ = quantize_for_akida(model, data["train"].images[picked], variant, bits=config.bits, log=log)
@@ -202,8 +203,8 @@ def main() -> None:
                              "picked on validation data)")
     args = parser.parse_args()
 
-    from qana_keras.convert import artifact_paths
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.runs import artifact_paths
+    from qana_keras.runs import load_splits
 
     began = time.perf_counter()
     run_dir = Path(args.run)

@@ -34,7 +34,7 @@ class TinyQana:
 def tiny_qana(tmp_path_factory) -> TinyQana:
     import tf_keras
 
-    from qana_keras.convert import quantize_for_akida, to_akida
+    from qana_keras.conversion.quantize import quantize_for_akida, to_akida
 
     tf_keras.utils.set_random_seed(0)  # the same weights every run, so numeric tolerances hold every run
     model = tiny_model("qana")

@@ -22,7 +22,7 @@ from fixtures import REPO, tiny_model, write_run_fixture
 import qana_keras
 from qana_keras import safe_load
 from qana_keras.cli import main
-from qana_keras.evaluate import load_model_any
+from qana_keras.runtime.load import load_model_any
 from qana_keras.safe_load import ArtifactError
 
 COMMITTED_FBZ = REPO / "models" / "qana" / "qana.fbz"
@@ -127,24 +127,18 @@ def _init_from(path):
 
 
 def _saliency(path):
-    from qana_keras.saliency import load_saliency
+    from qana_keras.crop.saliency import load_saliency
 
     load_saliency(path, "head")
 
 
 def _crop_classifier(path):
-    from qana_keras.crop import load_classifier
+    from qana_keras.crop.study import load_classifier
 
     load_classifier(path)
 
 
-def _quantized(path):
-    from qana_keras.convert import load_quantized
-
-    load_quantized(path)
-
-
-@pytest.mark.parametrize("loader", [load_model_any, _init_from, _saliency, _crop_classifier, _quantized,
+@pytest.mark.parametrize("loader", [load_model_any, _init_from, _saliency, _crop_classifier,
                                     safe_load.load_keras_model])
 @pytest.mark.parametrize("name, layer", [("evil.h5", "Lambda"), ("nested.h5", "Lambda")])
 def test_every_entry_point_refuses_lambda_layers(evil, loader, name, layer):

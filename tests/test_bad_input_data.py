@@ -425,17 +425,17 @@ def test_resume_after_a_kill_between_checkpoint_and_state(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# One helper each: the mask digest (data.cache.files_digest) and the quick-profile fields (convert.quick_fields)
+# One helper each: the mask digest (data.cache.files_digest) and the quick-profile fields (runs.quick_fields)
 
 
 def test_mask_crop_key_is_the_cache_digest_of_the_masks(tmp_path):
     import pandas as pd
 
-    from qana_keras import crop
     from qana_keras.config import Config
+    from qana_keras.crop import cache as crop
     from qana_keras.data.cache import files_digest
 
-    assert not hasattr(crop, "_files_digest")  # no wrapper: crop calls data.cache.files_digest itself
+    assert not hasattr(crop, "_files_digest")  # no wrapper: the crop cache calls data.cache.files_digest itself
     masks = [tmp_path / f"ISIC_{i}_segmentation.png" for i in range(2)]
     for i, path in enumerate(masks):
         path.write_bytes(bytes([i]) * 10)
@@ -448,10 +448,11 @@ def test_mask_crop_key_is_the_cache_digest_of_the_masks(tmp_path):
 def test_quick_fields_are_built_in_one_place():
     import inspect
 
-    from qana_keras import convert, deploy
-    from qana_keras.convert import QUICK_NOTE, quick_fields
+    from qana_keras import deploy, runs
+    from qana_keras.conversion import run as convert
+    from qana_keras.runs import QUICK_NOTE, quick_fields
 
     assert quick_fields(True) == {"quick": True, "note": QUICK_NOTE} and quick_fields(False) == {"quick": False}
-    for module in (convert, deploy):  # neither module spells the dict out again
+    for module in (convert, deploy, runs):  # no module spells the dict out again
         assert '{"note": QUICK_NOTE} if quick' not in inspect.getsource(module).replace(
-            inspect.getsource(convert.quick_fields), "")
+            inspect.getsource(runs.quick_fields), "")

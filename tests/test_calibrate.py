@@ -127,7 +127,8 @@ def test_offsets_fold_into_the_float_head_exactly(tiny):
 
 
 def test_offsets_reach_the_akida_dense_bias(tiny):
-    from qana_keras.convert import load_quantized, predict_logits, to_akida
+    from qana_keras.conversion.quantize import to_akida
+    from qana_keras.runtime.load import load_keras_model, predict_logits
 
     model, qmodel, ak = tiny
     x = random_images(64, seed=4)
@@ -140,7 +141,7 @@ def test_offsets_reach_the_akida_dense_bias(tiny):
     with tempfile.TemporaryDirectory() as d:  # the run's quantized model is reloaded from disk, as in calibrate_run
         path = Path(d) / "q.h5"
         qmodel.save(path, include_optimizer=False, save_format="h5")
-        q_cal = load_quantized(path)
+        q_cal = load_keras_model(path)
     add_offsets_to_quantized(q_cal, offsets)
     ak_cal = to_akida(q_cal, strict=True, variant="qana", **QUIET)
     after = predict_logits(ak_cal, x)

@@ -7,11 +7,15 @@ from fixtures import QUIET, TINY_QANA as TINY, random_images, tiny_model, write_
 
 from qana_keras import CLASSES
 from qana_keras.config import Config, ModelConfig
-from qana_keras.convert import (ConversionError, HybridModel, check_hardware_native, convert_run,
-                                find_convertible_prefix, integer_completeness, load_converted, predict_logits,
-                                quantize_for_akida, quantize_model, tail_model, target_gap, to_akida)
+from qana_keras.conversion import ConversionError
+from qana_keras.conversion.qat import target_gap
+from qana_keras.conversion.quantize import (check_hardware_native, find_convertible_prefix, integer_completeness,
+                                            quantize_for_akida, quantize_model, to_akida)
+from qana_keras.conversion.run import convert_run
 from qana_keras.data import ham10000, splits
 from qana_keras.io import RunFolderError, read_json
+from qana_keras.runs import RunFolder
+from qana_keras.runtime.load import HybridModel, predict_logits, tail_model
 from qana_keras.safe_load import file_record
 
 
@@ -58,7 +62,7 @@ def test_channels_of_different_scales_before_flatten_are_made_per_tensor_so_akid
     converter turns into a wrong Akida model; ``quantize_model`` makes the layer before Flatten per-tensor."""
     from quantizeml.models import quantize
 
-    from qana_keras.convert import misaligned_flatten_inputs, quantization_params
+    from qana_keras.conversion.quantize import misaligned_flatten_inputs, quantization_params
 
     model = tiny_model("plain-cnn")
     (kernel,) = model.get_layer("project/conv").get_weights()
@@ -183,7 +187,7 @@ def test_convert_run_writes_artifacts_and_reports(qana_run):
     assert saved["checksums"] == {name: file_record(run / name) for name in ("qana_i8_w8_a8.h5", "qana.fbz")}
 
     # What was saved runs the same after reloading: .fbz against the reloaded quantized .h5.
-    loaded = load_converted(run)
+    loaded = RunFolder(run).converted()
     x = random_images(20, size=config.data.image_size, seed=3)
     q, a = predict_logits(loaded["quantized"], x), predict_logits(loaded["akida"], x)
     np.testing.assert_array_equal(q.argmax(1), a.argmax(1))
@@ -212,7 +216,7 @@ def test_convert_run_of_qana_paper_is_a_hybrid(tmp_path):
     report = convert_run(run, num_calibration=32, batch_size=16, qat_epochs=0, **QUIET)
     assert report["hybrid"]["cut_after"] == "stem/relu" and 0 < report["r_succ"] < 0.5
     assert "head/dense" in report["float_layers"]
-    loaded = load_converted(run)
+    loaded = RunFolder(run).converted()
     assert isinstance(loaded["akida"], HybridModel)
     x = random_images(20, size=config.data.image_size, seed=4)
     h, q = loaded["akida"].predict(x), predict_logits(loaded["quantized"], x)
@@ -223,7 +227,7 @@ def test_convert_run_of_qana_paper_is_a_hybrid(tmp_path):
 def test_fit_progress_reports_images_done_within_an_epoch():
     import tf_keras as keras
 
-    from qana_keras.convert import FitProgress
+    from qana_keras.conversion.qat import FitProgress
 
     model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")

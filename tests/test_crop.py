@@ -9,9 +9,10 @@ from fixtures import TINY_QANA as TINY, write_run_fixture
 
 from qana_keras import CLASSES
 from qana_keras.config import Config, ModelConfig
-from qana_keras.crop import (MASK_DIR, CropParams, apply_fallback, box_iou, centred, choose_fallback_threshold,
-                             combine_views, crop_box, crop_cache_params, load_cached_crops, mask_boxes, salient_box,
-                             tile_boxes)
+from qana_keras.crop.cache import crop_cache_params, load_cached_crops
+from qana_keras.crop.geometry import (MASK_DIR, CropParams, box_iou, centred, crop_box, mask_boxes, salient_box,
+                                      tile_boxes)
+from qana_keras.crop.study import apply_fallback, choose_fallback_threshold, combine_views
 from qana_keras.data import ham10000
 from qana_keras.data.synthetic import SKIN, write_lesion_masks
 
@@ -104,7 +105,7 @@ def test_fallback_threshold_is_chosen_where_tiling_helps():
 
 
 def test_head_map_decomposes_the_logits_exactly_and_gradcam_matches_its_gradient():
-    from qana_keras.saliency import GradCAM, KerasHeadCAM
+    from qana_keras.crop.saliency import GradCAM, KerasHeadCAM
 
     model = tiny_model(seed=1)
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
@@ -130,8 +131,9 @@ def test_head_map_decomposes_the_logits_exactly_and_gradcam_matches_its_gradient
 @pytest.mark.slow  # quantize + convert: ~30 s idle, minutes under load
 def test_akida_head_map_reproduces_the_akida_logits(tmp_path):
     """The forward-only map from the Akida feature map and the int8 dense kernel sums to the Akida logits."""
-    from qana_keras.convert import akida_logits, quantize_for_akida, to_akida
-    from qana_keras.saliency import AkidaHeadCAM, KerasHeadCAM
+    from qana_keras.conversion.quantize import quantize_for_akida, to_akida
+    from qana_keras.crop.saliency import AkidaHeadCAM, KerasHeadCAM
+    from qana_keras.runtime.load import akida_logits
 
     model = tiny_model(size=32, seed=2)
     images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
@@ -200,8 +202,8 @@ def test_saliency_crop_key_follows_the_model_and_errors_name_what_is_missing(ham
 
 def test_training_crops_are_the_inference_crops(ham, tmp_path):
     """The cached training crops (data.crop=saliency) are exactly what the evaluation/deployment path cuts."""
-    from qana_keras.crop import crop_views
-    from qana_keras.saliency import load_saliency
+    from qana_keras.crop.study import crop_views
+    from qana_keras.crop.saliency import load_saliency
 
     meta = ham10000.load_metadata(ham["data_dir"])
     data = Config().data

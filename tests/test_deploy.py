@@ -7,9 +7,9 @@ from fixtures import random_images
 from test_convert import converted_tiny_run
 
 from qana_keras import CLASSES
-from qana_keras.convert import predict_logits
-from qana_keras.deploy import (VIRTUAL_DEVICES, deploy_run, fidelity_markdown, fidelity_report, run_with_progress,
-                               virtual_device_report)
+from qana_keras.deploy import VIRTUAL_DEVICES, deploy_run, fidelity_markdown, fidelity_report, virtual_device_report
+from qana_keras.progress import run_with_progress
+from qana_keras.runtime.load import predict_logits
 from qana_keras.devices import NO_BOARD_NOTE, STANDARD_DEVICES, DeviceError
 from qana_keras.io import read_json
 
@@ -194,7 +194,8 @@ def test_bench_writes_cpu_figures(converted_run):
 def test_quick_profile_says_its_figures_mean_nothing(converted_run, tmp_path):
     import shutil
 
-    from qana_keras.convert import QUICK_NOTE, convert_run
+    from qana_keras.conversion.run import convert_run
+    from qana_keras.runs import QUICK_NOTE
 
     run = tmp_path / "run"
     shutil.copytree(converted_run[0], run)  # the shared run stays as the other tests expect it

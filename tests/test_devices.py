@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from fixtures import QUIET, random_images, tiny_model
 
-from qana_keras.convert import predict_logits, quantize_for_akida, to_akida
+from qana_keras.conversion.quantize import quantize_for_akida, to_akida
+from qana_keras.runtime.load import predict_logits
 from qana_keras.devices import (NO_BOARD_NOTE, STANDARD_DEVICES, DeviceError, check_fit, choose_device,
                                 device_reports, find_board, map_device, measure_board, min_device_report,
                                 parse_device, smallest)
@@ -283,14 +284,14 @@ def test_integer_accuracy_skips_smoke_runs_and_names_a_partial_file(tmp_path):
 
 
 def test_a_null_artifacts_report_is_not_a_crash(tmp_path):
-    from qana_keras.evaluate import _conversion_report_for
+    from qana_keras.runtime.load import conversion_report_for
     from qana_keras.hardware import integer_accuracy
     from qana_keras.safe_load import reports_naming
 
     w8, _ = _two_precisions(tmp_path / "run")
     write_json(w8.parent / "conversion_old.json", {"artifacts": None})
     assert [p.name for p, _ in reports_naming(w8)] == ["conversion.json"]
-    assert _conversion_report_for(w8)[0].name == "conversion.json"
+    assert conversion_report_for(w8)[0].name == "conversion.json"
     assert integer_accuracy(w8)["source"] is None
 
 

@@ -6,7 +6,7 @@ import pytest
 from fixtures import QUIET, random_images, tiny_model, write_pad_ufes_fixture
 from test_convert import make_tiny_run
 
-from qana_keras.convert import integer_completeness, quantize_for_akida, to_akida
+from qana_keras.conversion.quantize import integer_completeness, quantize_for_akida, to_akida
 from qana_keras.edge import EdgeConfig, EdgeError, backbone, choose_num_weights, edge_learn_run
 from qana_keras.io import RunFolderError, read_json, write_json
 
@@ -52,7 +52,7 @@ def test_v2_model_and_silent_spike_layer_are_refused(tiny_qana):
 @pytest.fixture(scope="module")
 def edge_run(tmp_path_factory):
     from qana_keras.config import load_config
-    from qana_keras.convert import convert_run
+    from qana_keras.conversion.run import convert_run
 
     root = tmp_path_factory.mktemp("edge")
     run, config = make_tiny_run(root, variant="qana-akd1000", epochs=2, size=32,

@@ -201,7 +201,8 @@ def test_wrong_head_shape_is_refused(tiny):
 
 
 def test_folded_tiny_model_quantizes_and_converts_fully_integer(tiny, tiny_qana):
-    from qana_keras.convert import integer_completeness, predict_logits, quantize_for_akida, to_akida
+    from qana_keras.conversion.quantize import integer_completeness, quantize_for_akida, to_akida
+    from qana_keras.runtime.load import predict_logits
 
     model, x, _, _, head = tiny
     folded = with_dense(model, head.kernel, head.folded_bias)

@@ -7,9 +7,9 @@ from fixtures import QUIET, TINY_QANA, random_images, write_pad_ufes_fixture, wr
 
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, read_json, write_json
-from qana_keras.learn import (LearnConfig, LearnError, class_incremental, class_sample_weights,
-                              fit_readout, patient_split, quantize_readout, read_readout, split_readout,
-                              write_readout)
+from qana_keras.learn import LearnConfig, LearnError, class_incremental, patient_split
+from qana_keras.readout import (class_sample_weights, fit_readout, quantize_readout, read_readout, split_readout,
+                                write_readout)
 
 K = len(CLASSES)
 
@@ -47,8 +47,8 @@ def test_quantized_readout_follows_the_float_readout():
 
 
 def test_readout_of_the_akida_model_is_emulated_exactly(tiny_akida):
-    from qana_keras.convert import predict_logits
-    from qana_keras.learn import backbone_features
+    from qana_keras.readout import backbone_features
+    from qana_keras.runtime.load import predict_logits
 
     backbone, dense, dequantizer = split_readout(tiny_akida)
     assert dense.name == "head/dense" and len(backbone.layers) == len(tiny_akida.layers) - 2
@@ -62,8 +62,8 @@ def test_readout_of_the_akida_model_is_emulated_exactly(tiny_akida):
 def test_written_readout_runs_on_akida_and_can_grow(tiny_akida, tmp_path):
     import akida
 
-    from qana_keras.convert import predict_logits
-    from qana_keras.learn import backbone_features
+    from qana_keras.readout import backbone_features
+    from qana_keras.runtime.load import predict_logits
 
     x = random_images(32, seed=2)
     before = predict_logits(tiny_akida, x)
@@ -147,7 +147,7 @@ def test_class_incremental_run_writes_the_last_step_into_the_akida_model(tmp_pat
     import akida
 
     from qana_keras.config import ModelConfig
-    from qana_keras.convert import quantize_for_akida, to_akida
+    from qana_keras.conversion.quantize import quantize_for_akida, to_akida
     from qana_keras.learn import learn_run
     from qana_keras.models.qana import build_model
 

@@ -143,7 +143,7 @@ def test_a_pretrained_cut_quantizes_and_converts_to_akida_completely():
     """Every layer of the cut is Akida 2.0 hardware-native: strict conversion keeps the whole model."""
     from fixtures import QUIET, random_images
 
-    from qana_keras.convert import quantize_for_akida, to_akida
+    from qana_keras.conversion.quantize import quantize_for_akida, to_akida
     from qana_keras.models.qana import build_model
 
     model = build_model(ModelConfig(variant="lite0-b5", head_channels=16), input_size=32)

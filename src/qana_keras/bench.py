@@ -36,7 +36,7 @@ def bench_model(name: str, model, images: np.ndarray, batch_sizes=BATCH_SIZES, m
     """One row per batch size: images/s and ms/image for one model."""
     import tf_keras as keras
 
-    from qana_keras.convert import HybridModel, akida_logits
+    from qana_keras.runtime.load import HybridModel, akida_logits
 
     rows = []
     for batch in batch_sizes:
@@ -59,17 +59,17 @@ def bench_model(name: str, model, images: np.ndarray, batch_sizes=BATCH_SIZES, m
 
 def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data_config=None, log=print) -> dict:
     """Benchmark the three models of ``run_dir`` on its test images; writes bench.json."""
-    from qana_keras.config import load_config
-    from qana_keras.convert import load_converted, precision_tag
-    from qana_keras.data.dataset import load_splits
+    import tf_keras as keras
+
     from qana_keras.io import write_json
+    from qana_keras.runs import RunFolder, precision_tag
 
     run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.yaml")
+    run = RunFolder(run_dir)
     if data_config is not None:
-        config.data = data_config
-    converted = load_converted(run_dir, bits)
-    images = load_splits(config.data, log=log)["test"].images[:max(BATCH_SIZES)]
+        run.config.data = data_config
+    converted = run.converted(bits)
+    images = run.splits(log=log)["test"].images[:max(BATCH_SIZES)]
     models = {"float Keras (TensorFlow CPU)": load_keras_model(converted["paths"]["float"]),
               f"quantized Keras {precision_tag(bits)} (TensorFlow CPU)": converted["quantized"],
               "Akida software backend (CPU simulator)": converted["akida"]}
@@ -89,13 +89,13 @@ def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data
            "cpu_ms_per_image": "process CPU time (all threads) per image: less sensitive to other load than "
                                "wall time, but not a speed; wall-time figures are the ones to quote on an idle machine",
            "rows": rows}
-    suffix = "" if bits == 8 else f"_{precision_tag(bits)}"
-    write_json(run_dir / f"bench{suffix}.json", out)
+    bench_json = run.tagged("bench.json", bits)
+    write_json(bench_json, out)
     log(format_table(rows))
     if max(load_before[0], load_after[0]) > (os.cpu_count() or 1):
         log(f"warning: load average {max(load_before[0], load_after[0]):.1f} on {os.cpu_count()} CPUs: other "
             "processes competed for the CPU; re-run on an idle machine for figures to quote")
-    log(f"wrote {run_dir / f'bench{suffix}.json'}")
+    log(f"wrote {bench_json}")
     return out
 
 

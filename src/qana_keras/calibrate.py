@@ -7,7 +7,7 @@ ascent over a grid to maximize macro-F1 (or balanced accuracy). They are folded 
   * the float model: ``head/dense`` bias + offsets -> ``<variant>_calibrated_float.h5``;
   * the Akida model: the run's quantized Keras model (the one ``qana convert`` calibrated and, if it
     did, fine-tuned) gets the same offsets in its ``head/dense`` bias and is converted again with
-    ``convert.to_akida`` -> ``<variant>_calibrated_<tag>.h5`` and ``<variant>_calibrated.fbz``. The
+    ``conversion.quantize.to_akida`` -> ``<variant>_calibrated_<tag>.h5`` and ``<variant>_calibrated.fbz``. The
     backbone is bit-identical to the deployed one; only the 8-bit-with-shift bias changes. Because
     that bias is quantized, the Akida argmax is checked against the host argmax (original Akida
     logits + offsets) image by image. ``requantize=True`` instead quantizes the calibrated float
@@ -31,6 +31,7 @@ from scipy.special import log_softmax
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, write_json
+from qana_keras.runs import RunFolder
 
 OBJECTIVES = ("macro_f1", "balanced_accuracy")
 DEFAULT_GRID = tuple(np.round(np.arange(-3.0, 3.0001, 0.1), 2))  # logits units; QANA's logit gaps are a few units
@@ -196,18 +197,6 @@ def add_offsets_to_quantized(qmodel, offsets: np.ndarray) -> None:
 # The run-folder step
 
 
-def calibration_paths(run_dir: str | Path, variant: str, bits: int = 8) -> dict[str, Path]:
-    from qana_keras.convert import precision_tag
-
-    run_dir, tag = Path(run_dir), precision_tag(bits)
-    suffix = "" if bits == 8 else f"_{tag}"
-    return {"json": run_dir / f"calibration{suffix}.json", "md": run_dir / f"calibration{suffix}.md",
-            "png": run_dir / f"calibration{suffix}_reliability.png",
-            "float": run_dir / f"{variant}_calibrated_float.h5",
-            "quantized": run_dir / f"{variant}_calibrated_{tag}.h5",
-            "akida": run_dir / f"{variant}_calibrated{suffix}.fbz"}
-
-
 def _summary(labels, logits, classes=CLASSES) -> dict:
     from qana_keras.metrics import classification_metrics
 
@@ -250,12 +239,10 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     ``fit_on``: "akida" fits on the deployed Akida model's validation logits (what the chip decides
     on), "float" on the float model's. ``data`` overrides loading the run's splits (tests).
     """
-    from qana_keras.config import load_config
-    from qana_keras.convert import (HybridModel, load_converted, predict_logits, quantize_for_akida, to_akida,
-                                    _calibration_indices)
-    from qana_keras.data.dataset import load_splits, run_classes
-    from qana_keras.deploy import run_with_progress
-    from qana_keras.safe_load import load_keras_model
+    from qana_keras.conversion.quantize import quantize_for_akida, to_akida
+    from qana_keras.conversion.run import _calibration_indices
+    from qana_keras.progress import run_with_progress
+    from qana_keras.runtime.load import HybridModel, load_keras_model, predict_logits
 
     began = time.perf_counter()
     if objective not in OBJECTIVES:
@@ -263,24 +250,19 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     if fit_on not in ("akida", "float"):
         raise ValueError(f"--fit-on must be 'akida' or 'float', not {fit_on!r}")
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise RunFolderError(f"{run_dir}: no config.yaml; train and convert a model there first")
-    config = load_config(run_dir / "config.yaml")
-    variant = config.model.variant
-    classes = run_classes(config.data)  # a class-subset run's outputs are these, not the 7 HAM10000 classes
-    paths = calibration_paths(run_dir, variant, bits)
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise RunFolderError(f"calibration artifacts already exist ({', '.join(existing)}); pass --overwrite to "
-                             "replace them")
-    converted = load_converted(run_dir, bits)
+    run = RunFolder.open(run_dir, "train and convert a model there first")
+    variant = run.variant
+    classes = run.classes  # a class-subset run's outputs are these, not the 7 HAM10000 classes
+    paths = run.calibration_artifacts(bits)
+    run.refuse_overwrite(paths.values(), overwrite, "calibration")
+    converted = run.converted(bits)
     if isinstance(converted["akida"], HybridModel):
         raise RunFolderError(f"{run_dir}: the converted model is a hybrid (head/dense runs on the host); calibrate "
                              "folds offsets into an Akida dense layer, so it needs a fully integer run")
     float_path = converted["paths"]["float"]
     model = load_keras_model(float_path)
     akida_model = converted["akida"]
-    data = data if data is not None else load_splits(config.data, log=log)
+    data = data if data is not None else run.splits(log=log)
     val, test = data["val"], data["test"]
 
     log("logits of the float and the deployed Akida model on validation and test ...")
@@ -304,9 +286,7 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
         route = ("calibrated float model quantized from scratch with the run's calibration draw (post-training "
                  "quantization only)")
     else:
-        from qana_keras.convert import load_quantized
-
-        q_cal = load_quantized(converted["paths"]["quantized"])
+        q_cal = load_keras_model(converted["paths"]["quantized"])
         add_offsets_to_quantized(q_cal, offsets)
         route = "the run's quantized model with the offsets added to its head/dense bias, converted again"
     ak_cal = to_akida(q_cal, strict=True, variant=variant, log=log)

@@ -121,7 +121,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from qana_keras.convert import ConversionError, convert_run
+    from qana_keras.conversion import ConversionError
+    from qana_keras.conversion.run import convert_run
 
     try:
         convert_run(args.run, bits=args.bits, num_calibration=args.calibration, batch_size=args.batch_size,
@@ -289,7 +290,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_crop(args) -> int:
     from qana_keras.config import load_config
-    from qana_keras.crop import crop_setup, evaluate_crops, format_report, split_table, write_overlays
+    from qana_keras.crop.study import crop_setup, evaluate_crops, format_report, split_table, write_overlays
     from qana_keras.io import write_json
 
     if not args.json and not args.overlays:
@@ -320,8 +321,8 @@ def cmd_crop(args) -> int:
         write_json(args.json, report)
         print(f"wrote {args.json}")
     if args.overlays:
-        from qana_keras.crop import load_classifier
-        from qana_keras.saliency import load_saliency
+        from qana_keras.crop.saliency import load_saliency
+        from qana_keras.crop.study import load_classifier
 
         classifier, size = load_classifier(setup["model_path"])
         meta = split_table(setup["data_dir"], args.split, setup["split_file"])
@@ -333,8 +334,8 @@ def cmd_crop(args) -> int:
 
 def _saliency_agreement(setup: dict, args) -> dict:
     """How far a second saliency model (e.g. the Akida .fbz of the float saliency model) agrees on the test split."""
-    from qana_keras.crop import saliency_agreement, split_table
-    from qana_keras.saliency import load_saliency
+    from qana_keras.crop.saliency import load_saliency
+    from qana_keras.crop.study import saliency_agreement, split_table
 
     meta = split_table(setup["data_dir"], "test", setup["split_file"], args.max_images)
     agreement = saliency_agreement(meta, load_saliency(setup["saliency_path"], setup["method"], args.layer),

@@ -21,12 +21,18 @@ import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras import CLASSES
 from qana_keras.devices import NO_BOARD_NOTE, NP_TYPES_NOT_NPS, mapping_summary  # noqa: F401  (scripts import them)
 from qana_keras.io import atomic_write_text, write_json
+from qana_keras.metrics import FIDELITY_TARGETS
+from qana_keras.progress import run_with_progress
+from qana_keras.runs import QUICK_MAX_IMAGES, QUICK_NOTE, RunFolder, quick_fields
+from qana_keras.runtime.load import HybridModel, predict_logits
 
 VIRTUAL_DEVICES = ("TwoNodesIPv2", "FourNodesIPv2", "SixNodesIPv2", "TwelveNodesIPv2")
 """Akida 2.0 virtual devices (8, 16, 24, 48 NPs); ``compute_min_device`` is added per model."""
 
-# Acceptance targets of the integer model against the float one (issue 4), as in convert.TARGETS.
-TARGETS = {"top1_drop_pt": 0.5, "macro_f1_drop_pt": 1.0, "argmax_agreement": 0.99, "class_recall_drop_pt": 2.0}
+# Acceptance targets of the integer model against the float one (issue 4): metrics.FIDELITY_TARGETS in points.
+TARGETS = {"top1_drop_pt": FIDELITY_TARGETS["top1_drop"] * 100, "macro_f1_drop_pt": FIDELITY_TARGETS["macro_f1_drop"] * 100,
+           "argmax_agreement": FIDELITY_TARGETS["argmax_agreement"],
+           "class_recall_drop_pt": FIDELITY_TARGETS["class_recall_drop"] * 100}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,26 +84,6 @@ def virtual_device_report(model, names: tuple[str, ...] = VIRTUAL_DEVICES, inclu
 
 def _np_types(row: dict) -> str:
     return "(" + ", ".join(f"{t} {n}" for t, n in row["components"].items() if t not in NP_TYPES_NOT_NPS) + ")"
-
-
-# --------------------------------------------------------------------------------------------------
-# Inference with progress
-
-
-def run_with_progress(model, images: np.ndarray, label: str, batch_size: int = 100, every_seconds: float = 10.0,
-                      log=print) -> tuple[np.ndarray, float]:
-    """Logits of ``model`` over ``images`` in chunks, with a progress line every ``every_seconds``."""
-    from qana_keras.convert import predict_logits
-
-    outputs, began, last = [], time.perf_counter(), time.perf_counter()
-    for start in range(0, len(images), batch_size):
-        outputs.append(predict_logits(model, images[start:start + batch_size], batch_size))
-        now = time.perf_counter()
-        done = min(start + batch_size, len(images))
-        if now - last >= every_seconds or done == len(images):
-            log(f"  {label}: {done}/{len(images)} images, {done / (now - began):.0f} images/s")
-            last = now
-    return np.concatenate(outputs), time.perf_counter() - began
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,7 +194,6 @@ def fidelity_markdown(report: dict, title: str) -> str:
 def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, repeats: int = 5,
                  log=print) -> tuple[np.ndarray, dict]:
     """Map to ``board``, measure latency/power/energy (``devices.measure_board``), then the logits of ``images``."""
-    from qana_keras.convert import HybridModel, predict_logits
     from qana_keras.devices import DeviceError, MapError, map_hw, measure_board
 
     akida_model = model.akida_model if isinstance(model, HybridModel) else model
@@ -241,28 +226,24 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     the model in one pass) and the simulator; then the fidelity report on the test split (see module docstring).
 
     Raises ``devices.DeviceError`` (one line) for a wrong device name, a model of the other IP version, or a
-    model that does not fit the device. ``quick``: the smoke profile (``convert.QUICK_NOTE``): a class-stratified
+    model that does not fit the device. ``quick``: the smoke profile (``runs.QUICK_NOTE``): a class-stratified
     subset of the test split.
     """
     import akida
 
-    from qana_keras.config import load_config
-    from qana_keras.convert import (QUICK_MAX_IMAGES, QUICK_NOTE, HybridModel, load_converted, precision_tag,
-                                    quick_fields)
-    from qana_keras.data.dataset import load_splits, run_classes
     from qana_keras.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
                                     min_device_report, not_measured, parse_device)
-    from qana_keras.safe_load import load_keras_model
+    from qana_keras.runtime.load import load_keras_model
 
     run_dir = Path(run_dir)
     choice = parse_device(device)  # a wrong name fails here, before any work
     board = find_board(choice)
     log(f"loading the float, quantized and Akida models of {run_dir} ...")  # ~1 min: quantizeml rebuilds the graph
-    converted = load_converted(run_dir, bits)
+    run = RunFolder(run_dir)
+    converted = run.converted(bits)
     report, qmodel, ak = converted["report"], converted["quantized"], converted["akida"]
     akida_model = ak.akida_model if isinstance(ak, HybridModel) else ak
     model_name = str(run_dir / converted["report"].get("artifacts", {}).get("akida", "model.fbz"))
-    suffix = "" if bits == 8 else f"_{precision_tag(bits)}"
     hint = str(run_dir) + ("" if bits == 8 else f" --bits {bits}")
 
     out = {"variant": converted["variant"], "precision": report["precision"], "r_succ": report["r_succ"],
@@ -286,20 +267,19 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     # "virtual_devices" keeps the rows qana report reads (device, ok, passes, nps, program_bytes ...).
     out["virtual_devices"] = rows + ([{**row, "device": "compute_min_device"}] if name == "compute_min_device" else [])
 
-    config = load_config(run_dir / "config.yaml")
+    config = run.config
     if data_config is not None:
         config.data = data_config
-    classes = run_classes(config.data)
+    classes = run.classes
     fmodel = load_keras_model(converted["paths"]["float"])
     if quick:
         log(QUICK_NOTE)
-    test = load_splits(config.data, max_images=QUICK_MAX_IMAGES if quick else 0, seed=config.train.seed,
-                       log=log)["test"]
+    test = run.splits(max_images=QUICK_MAX_IMAGES if quick else 0, seed=config.train.seed, log=log)["test"]
     out = {**quick_fields(quick), **out}
     if board is not None:
         a_logits, figures = run_on_board(ak, board, test.images, batch_size, repeats, log=log)
         out["board"] = out["chip_measurements"] = figures
-        write_json(run_dir / f"board{suffix}.json", {"model": model_name, **figures})
+        write_json(run.tagged("board.json", bits), {"model": model_name, **figures})
         backend = f"Akida board {board.desc}"
     else:
         akida_model.map(None)  # a model mapped to a virtual device cannot run inference
@@ -317,15 +297,15 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
                                seed=config.train.seed, classes=classes)
     fidelity = {**quick_fields(quick), "variant": converted["variant"], "precision": report["precision"],
                 "split": "test", "akida_backend": backend, **fidelity}
-    write_json(run_dir / f"fidelity{suffix}.json", fidelity)
+    write_json(run.tagged("fidelity.json", bits), fidelity)
     title = f"{converted['variant']} {report['precision']}: float vs quantized vs Akida (test split)"
     markdown = fidelity_markdown(fidelity, title)
     if quick:
         markdown = markdown.replace("\n\n", f"\n\n**{QUICK_NOTE}**\n\n", 1)  # right under the title
-    atomic_write_text(run_dir / f"fidelity{suffix}.md", markdown)
+    atomic_write_text(run.tagged("fidelity.md", bits), markdown)
     out["fidelity"] = {k: fidelity[k] for k in ("argmax_agreement", "max_abs_logit_diff_akida_vs_quantized",
                                                 "akida_vs_float", "checks", "all_targets_met")}
-    write_json(run_dir / f"deploy{suffix}.json", out)
+    write_json(run.tagged("deploy.json", bits), out)
     m = fidelity["models"]
     missed = [k for k, v in fidelity["checks"].items() if not v]
     log(f"test top-1 float {m['float']['top1']:.4f} / quantized {m['quantized']['top1']:.4f} / Akida "
@@ -333,7 +313,8 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
         f"{m['akida']['macro_f1']:.4f}; Akida-float argmax agreement "
         f"{fidelity['argmax_agreement']['akida_vs_float']:.4f}; "
         f"targets {'NOT met: ' + ', '.join(missed) if missed else 'met'}")
-    log(f"wrote fidelity{suffix}.json, fidelity{suffix}.md, deploy{suffix}.json in {run_dir}")
+    log(f"wrote {', '.join(run.tagged(n, bits).name for n in ('fidelity.json', 'fidelity.md', 'deploy.json'))} in "
+        f"{run_dir}")
     if quick:
         log(QUICK_NOTE)
     return out

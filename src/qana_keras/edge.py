@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from qana_keras import CLASSES
-from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
-from qana_keras.safe_load import load_akida_model
+from qana_keras.io import RunFolderError, atomic_write_text, write_json
+from qana_keras.runs import RunFolder
+from qana_keras.runtime.load import load_akida_model
 
 EDGE_LAYER = "edge_learning"
 PROTOCOLS = ("class-incremental", "domain", "new-class")
@@ -51,45 +52,6 @@ class EdgeConfig:
     shots: tuple[int, ...] = (5, 10, 20, 0)  # class-incremental: images of each new class; 0 = all
     seed: int = 0
     batch_size: int = 100
-
-
-# --------------------------------------------------------------------------------------------------
-# Making the spike layer fire
-
-
-def tune_spike_rate(model, images: np.ndarray, spike_layer: str = "spike/relu", rate: float = 0.1,
-                    threshold: float = 0.5, batch_size: int = 256):
-    """Shift the spike layer's BN offsets so each channel fires on ``rate`` of the training positions.
-
-    At 1 bit the ReLU1 output becomes a spike where it reaches ``threshold`` (half the calibrated range
-    of 1). A float model trained with a continuous ReLU1 often stays below that everywhere, and a
-    silent layer gives on-chip learning nothing to read, so the offset of each channel c moves by
-    ``threshold - q_c``, where q_c is its (1 - rate) quantile over training images and positions.
-    Returns (a copy of the model with the new offsets, a report). The trained head no longer fits the
-    binary features: quantization-aware fine-tuning in ``convert_run`` adapts it, and on the chip it
-    is replaced by the learned layer anyway.
-    """
-    import tf_keras as keras
-
-    if not 0.0 < rate < 1.0:
-        raise ValueError(f"spike rate must be in (0, 1), got {rate}")
-    bn_name = spike_layer.rsplit("/", 1)[0] + "/BN"
-    names = {layer.name for layer in model.layers}
-    if bn_name not in names or spike_layer not in names:
-        raise EdgeError(f"the model has no '{bn_name}' -> '{spike_layer}' spike layer to tune (a qana-akd1000 model has)")
-    probe = keras.Model(model.inputs, model.get_layer(bn_name).output)
-    pre = probe.predict(images, batch_size=batch_size, verbose=0)
-    pre = pre.reshape(-1, pre.shape[-1])
-    before = float(np.mean(np.clip(pre, 0, 1) >= threshold))
-    quantile = np.quantile(pre, 1.0 - rate, axis=0)
-    tuned = keras.models.clone_model(model)
-    tuned.set_weights(model.get_weights())
-    bn = tuned.get_layer(bn_name)
-    gamma, beta, mean, var = bn.get_weights()
-    bn.set_weights([gamma, beta + (threshold - quantile), mean, var])
-    after = float(np.mean(np.clip(pre + (threshold - quantile), 0, 1) >= threshold))
-    return tuned, {"layer": spike_layer, "target_rate": rate, "rate_before": before, "rate_after": after,
-                   "threshold": threshold, "images": int(len(images))}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,13 +272,8 @@ def markdown(result: dict) -> str:
 def edge_learn_run(run_dir: str | Path, protocols=PROTOCOLS, pad_root: str | Path | None = None,
                    config: EdgeConfig | None = None, overwrite: bool = False, data=None, log=print) -> dict:
     """Run the on-chip learning protocols on ``run_dir``'s Akida 1.0 model; write edge_learning.json/.md."""
-    import dataclasses
-
     import akida
 
-    from qana_keras.config import load_config
-    from qana_keras.convert import artifact_paths
-    from qana_keras.data.dataset import load_splits
     from qana_keras.deploy import map_to_device
     from qana_keras.learn import _check_classes, _pad_table
 
@@ -326,12 +283,9 @@ def edge_learn_run(run_dir: str | Path, protocols=PROTOCOLS, pad_root: str | Pat
     if unknown:
         raise ValueError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise RunFolderError(f"{run_dir}: no config.yaml; train and convert a qana-akd1000 model there first")
-    run_config = load_config(run_dir / "config.yaml")
-    fbz = artifact_paths(run_dir, run_config.model.variant, bits=4)["akida"]
-    if not fbz.exists():
-        raise FileNotFoundError(f"{fbz} not found; run `qana convert --run {run_dir} --bits 4` first")
+    run = RunFolder.open(run_dir, "train and convert a qana-akd1000 model there first")
+    run_config = run.config
+    fbz = run.akida_model(bits=4)
     out_json, out_md = run_dir / "edge_learning.json", run_dir / "edge_learning.md"
     if (out_json.exists() or out_md.exists()) and not overwrite:
         raise RunFolderError(f"{out_json} already exists; pass --overwrite to replace it")
@@ -341,7 +295,7 @@ def edge_learn_run(run_dir: str | Path, protocols=PROTOCOLS, pad_root: str | Pat
         raise EdgeError(f"{run_dir}: its backbone was trained on all 7 classes; the class-incremental protocol needs a "
                         "backbone that never saw vasc and df (train with --set data.classes=akiec,bcc,bkl,mel,nv)")
     body = backbone(model)
-    data = data if data is not None else load_splits(dataclasses.replace(run_config.data, classes=()), log=log)
+    data = data if data is not None else run.splits(all_classes=True, log=log)
     counts = spike_counts(body, data["train"].images[:500], config.batch_size)
     num_weights = choose_num_weights(counts, config, str(fbz))
     log(f"spike layer: {counts.mean():.1f} spikes per training image (of {int(np.prod(body.output_shape))}); "

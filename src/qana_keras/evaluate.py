@@ -2,7 +2,7 @@
 
 Preprocessing is the one the model was trained with: the ``config.yaml`` beside the model gives the
 image size and the crop mode, and images go through the same decode/resize cache (``load_cached_images``) or
-lesion-crop cache (``crop.load_cached_crops``) as training.
+lesion-crop cache (``crop.cache.load_cached_crops``) as training.
 Data layouts: HAM10000 (optionally one split of a split file), PAD-UFES-20 (clinical photos; SCC has no
 HAM class, so its images are left out of the 7-class metrics and reported apart under ``excluded``) and
 ISIC 2018 Task 3 (image folder and one-hot ground-truth CSV; each image is its own lesion unless a
@@ -25,38 +25,13 @@ import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 from qana_keras import CLASSES
 from qana_keras.io import write_json
+from qana_keras.progress import run_with_progress
+from qana_keras.runtime.load import input_shape, load_model_any
 
 FORMATS = ("ham10000", "pad-ufes-20", "isic2018")
 # Default resampling unit of the bootstrap per format; isic2018 uses lesion_id when groupings are given.
 GROUP_COLUMNS = {"ham10000": "lesion_id", "pad-ufes-20": "patient_id", "isic2018": "image_id"}
 N_BOOT = 1000
-
-
-def load_model_any(path: str | Path):
-    """A .h5 (float or quantized Keras) or .fbz (Akida; a hybrid's prefix gets its host tail back), checked
-    before loading (``safe_load``)."""
-    from qana_keras.safe_load import inside_folder, load_akida_model, load_model_file
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model {path} not found")
-    if path.suffix == ".fbz":
-        from qana_keras.convert import HybridModel
-
-        found = _conversion_report_for(path)
-        if found and found[1].get("hybrid"):
-            source, report = found
-            quantized = inside_folder(path.parent, (report.get("artifacts") or {}).get("quantized"), source)
-            return HybridModel.load(path, quantized, report["hybrid"]["boundary"])
-        return load_akida_model(path)
-    return load_model_file(path)
-
-
-def _conversion_report_for(fbz: Path) -> tuple[Path, dict] | None:
-    """(path, report) of the conversion.json (or conversion_<tag>.json) that names ``fbz`` as its Akida artifact."""
-    from qana_keras.safe_load import reports_naming
-
-    return next(iter(reports_naming(fbz)), None)
 
 
 def model_image_size(model_path: str | Path, model=None) -> int:
@@ -69,7 +44,7 @@ def model_image_size(model_path: str | Path, model=None) -> int:
                                 "beside the model file, to preprocess images the same way")
     size = load_config(config_path).data.image_size
     if model is not None:
-        shape = _input_shape(model)
+        shape = input_shape(model)
         if shape is not None and len(shape) == 3 and shape[2] != 3:
             raise ValueError(f"{model_path} takes {shape[2]}-channel inputs; qana feeds RGB images (3 channels): "
                              "evaluate a model made by qana train/convert")
@@ -77,18 +52,6 @@ def model_image_size(model_path: str | Path, model=None) -> int:
             raise ValueError(f"{config_path} says image_size {size}, but {model_path} takes {shape[0]}x{shape[1]} "
                              "inputs; the config does not belong to this model")
     return size
-
-
-def _input_shape(model):
-    from qana_keras.convert import HybridModel
-
-    if isinstance(model, HybridModel):
-        model = model.akida_model
-    shape = getattr(model, "input_shape", None)
-    if shape is None:
-        return None
-    shape = list(shape)
-    return shape[1:] if len(shape) == 4 else shape
 
 
 def load_dataset(data: str | Path, fmt: str = "ham10000", split: str | None = None,
@@ -179,7 +142,6 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     """Metrics of ``model_path`` on the data: top-1, balanced accuracy, macro-F1 (95% group-bootstrap
     intervals), per class (recall and AUC with intervals), ROC curves, confusion matrix, subgroups."""
     from qana_keras.config import load_config
-    from qana_keras.deploy import run_with_progress
 
     began = time.perf_counter()
     check_n_boot(n_boot)
@@ -227,7 +189,7 @@ def model_inputs(meta, data_config, size: int, fmt: str, cache_dir=None, log=pri
     try:
         if data_config.crop == "none":
             return load_cached_images(meta["path"].tolist(), size, cache_dir, name=name, log=log)
-        from qana_keras.crop import load_cached_crops
+        from qana_keras.crop.cache import load_cached_crops
 
         return load_cached_crops(meta, dataclasses.replace(data_config, image_size=size, cache_dir=cache_dir),
                                  name=name, log=log)

@@ -16,6 +16,7 @@ from pathlib import Path
 from qana_keras.devices import NO_BOARD_NOTE, STANDARD_DEVICES
 from qana_keras.io import atomic_write_text, read_classes, read_json, write_json
 from qana_keras.plots import plot_accuracy_vs_cost
+from qana_keras.runs import precision_suffix
 from qana_keras.safe_load import inside_folder, load_akida_model, reports_naming
 
 BLOCK = "report:hardware-table"
@@ -58,11 +59,11 @@ def _from_learning(fbz: Path) -> dict | None:
 
 def _conversion_suffixes(fbz: Path) -> list[str]:
     """Suffixes ("" or "_i8_w4_a4") of the conversion reports whose Akida artifact is ``fbz``; without one, the
-    suffix its name carries (``convert.artifact_paths``: ``<variant>_i8_w4_a4.fbz`` is the 4-bit model)."""
+    suffix its name carries (``runs.artifact_paths``: ``<variant>_i8_w4_a4.fbz`` is the 4-bit model)."""
     found = [path.stem[len("conversion"):] for path, _ in reports_naming(fbz)]
     if found:
         return found
-    tag = "_i8_w4_a4"  # convert.precision_tag(4), not imported here: convert loads TensorFlow
+    tag = precision_suffix(4)
     return [tag if fbz.stem.endswith(tag) else ""]
 
 

@@ -9,7 +9,7 @@ usage: qana hardware-cost [NAME ...] [--json runs/ablations/hardware_cost.json]
 For each model (default: all of ``MODELS``; ``--list`` prints them), the untrained float model is
 built from configs/qana.yaml plus the model's overrides, quantized to 8 bits (quantizeml, calibrated
 on random uint8 images: the mapping depends on the graph and shapes, not on the weight values),
-converted with cnn2snn under the strict hardware-native checks of ``qana_keras.convert`` (r_succ
+converted with cnn2snn under the strict hardware-native checks of ``qana_keras.conversion`` (r_succ
 must be 1.0, nothing truncated), and mapped with ``hw_only=True`` on the standard Akida 2.0 virtual
 devices (``TwoNodesIPv2`` 8 NPs, ``FourNodesIPv2`` 16, ``SixNodesIPv2`` 24, ``TwelveNodesIPv2`` 48)
 and on ``akida.compute_min_device``.
@@ -117,7 +117,7 @@ def head_inputs(model: keras.Model) -> int | None:
 
 def hardware_cost(model: keras.Model, variant: str, calibration: int = 32, seed: int = 0, log=print) -> dict:
     """Quantize (random calibration), convert strictly and map ``model`` on the Akida 2.0 virtual devices."""
-    from qana_keras.convert import integer_completeness, quantize_for_akida, to_akida
+    from qana_keras.conversion.quantize import integer_completeness, quantize_for_akida, to_akida
 
     quiet = lambda *_: None  # noqa: E731
     size = model.input_shape[1]

@@ -144,7 +144,7 @@ def quantized_backbone(model: keras.Model, train_images: np.ndarray, variant: st
     The backbone's calibrated ranges do not depend on the head weights, so the folded model quantizes
     to the same integer backbone and its Akida dense layer reads exactly these values.
     """
-    from qana_keras.convert import quantize_for_akida
+    from qana_keras.conversion.quantize import quantize_for_akida
 
     picked = calibration_indices(len(train_images), config.calibration, config.seed)
     qmodel, _ = quantize_for_akida(model, train_images[picked], variant, bits=config.bits, log=log)
@@ -217,7 +217,7 @@ def head_run(run_dir: str | Path, config: HeadConfig | None = None, overwrite: b
     before the dense weights are themselves quantized. ``data`` overrides loading the run's splits.
     """
     from qana_keras.config import load_config
-    from qana_keras.data.dataset import load_splits
+    from qana_keras.runs import load_splits
 
     began = time.perf_counter()
     config = (config or HeadConfig()).validate()

@@ -8,6 +8,10 @@ from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, f1_score
 
 from qana_keras import CLASSES
 
+FIDELITY_TARGETS = {"top1_drop": 0.005, "macro_f1_drop": 0.01, "argmax_agreement": 0.99, "class_recall_drop": 0.02}
+"""Fidelity targets of the integer model against the float one (issue 4), as fractions: conversion fine-tunes
+until validation meets them (``conversion.qat``), deploy checks them on test in points (``deploy.TARGETS``)."""
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over the classes (axis 1) of (N, classes) logits."""

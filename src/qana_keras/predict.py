@@ -1,8 +1,8 @@
 """`qana predict`: classify image files with a saved model (.h5 Keras or .fbz Akida on the software backend).
 
 Images get the training preprocessing: ``read_rgb`` (full decode, RGB check) and ``resize_image`` (whole
-frame, INTER_AREA) to the model's input size. Models are loaded by ``evaluate.load_model_any`` (a hybrid
-.fbz gets its host tail from the conversion*.json beside it) and run by ``convert.predict_logits``.
+frame, INTER_AREA) to the model's input size. Models are loaded by ``runtime.load.load_model_any`` (a hybrid
+.fbz gets its host tail from the conversion*.json beside it) and run by ``runtime.load.predict_logits``.
 Files that are not images, or do not decode, are named and skipped.
 """
 from __future__ import annotations
@@ -54,9 +54,9 @@ def model_classes(model_path: str | Path) -> tuple[str, ...]:
 
 def model_input_size(model, model_path: str | Path) -> int:
     """The square input size of a loaded model (Keras, akida.Model or HybridModel)."""
-    from qana_keras.evaluate import _input_shape
+    from qana_keras.runtime.load import input_shape
 
-    shape = _input_shape(model)
+    shape = input_shape(model)
     if shape is None or len(shape) < 2 or shape[0] != shape[1]:
         raise ValueError(f"{model_path}: cannot tell a square input size from its input shape {shape}")
     return int(shape[0])
@@ -110,8 +110,7 @@ def prediction_rows(paths: list[Path], logits: np.ndarray, classes: tuple[str, .
 
 def predict_images(target: str | Path, model_path: str | Path, batch_size: int = 100) -> Predictions:
     """Classify the image ``target`` or every image file in the folder ``target``."""
-    from qana_keras.convert import predict_logits
-    from qana_keras.evaluate import load_model_any
+    from qana_keras.runtime.load import load_model_any, predict_logits
 
     model_path = Path(model_path)
     paths = list_inputs(target)

@@ -307,8 +307,8 @@ def _sha256(content: bytes) -> str:
 
 
 def load_tflite_model(path: str | Path, verify: bool = True):
-    """A ``qana_keras.export.TFLiteModel`` from ``path``, checked first (``check_tflite_artifact``)."""
-    from qana_keras.export import TFLiteModel
+    """A ``qana_keras.runtime.tflite.TFLiteModel`` from ``path``, checked first (``check_tflite_artifact``)."""
+    from qana_keras.runtime.tflite import TFLiteModel
 
     path = Path(path)
     content = check_tflite_artifact(path, verify)

@@ -27,7 +27,7 @@ import tf_keras as keras
 
 from qana_keras import CLASSES
 from qana_keras.config import Config, load_config
-from qana_keras.data.dataset import load_splits, run_classes
+from qana_keras.data.dataset import run_classes
 from qana_keras.data.pipeline import class_weights, make_dataset
 from qana_keras.distill import mixed_targets, read_soft_targets
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
@@ -36,11 +36,8 @@ from qana_keras.models.pretrained import PREFIX as PRETRAINED_PREFIX
 from qana_keras.models.qana import build_model
 from qana_keras.plots import plot_confusion_matrix, plot_history, plot_per_class
 from qana_keras.provenance import versions
-from qana_keras.safe_load import load_keras_model
-
-
-def float_model_path(run_dir: Path, variant: str) -> Path:
-    return Path(run_dir) / f"{variant}_float.h5"
+from qana_keras.runs import artifact_paths, load_splits
+from qana_keras.runtime.load import load_keras_model, predict_logits
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
@@ -126,10 +123,6 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Op
     # Decay only conv/dense kernels: BN scales and biases set operating points, not capacity.
     optimizer.exclude_from_weight_decay(var_names=["BN", "bias"])
     return optimizer
-
-
-def predict_logits(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return model.predict(images, batch_size=batch_size, verbose=0)
 
 
 # What a start writes before the first epoch is checkpointed: a folder holding only these is a failed start.
@@ -315,7 +308,7 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         load_initial_weights(model, t.init_from)
         log(f"initial weights from {t.init_from}")
 
-    best_path = float_model_path(run_dir, config.model.variant)
+    best_path = artifact_paths(run_dir, config.model.variant)["float"]
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False)
     verbose = 1 if sys.stdout.isatty() else 0  # a progress bar on a terminal, one line per epoch in logs
     last_epoch = t.epochs if stop_after is None else min(t.epochs, stop_after)
@@ -325,7 +318,7 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         ds = make_dataset(train_data.images, train_data.labels, len(classes), t.batch_size, t, training=True,
                           epoch=epoch, sample_weights=sample_weights, targets=targets)
         fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[tensorboard])
-        val_logits = predict_logits(model, val_data.images)
+        val_logits = predict_logits(model, val_data.images, 256)
         val_pred = val_logits.argmax(1)
         row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
                # the training loss (label smoothing included) on hard labels, without class weights
@@ -335,7 +328,7 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
                "learning_rate": float(optimizer.learning_rate),
                "seconds": round(time.perf_counter() - start, 1)}
         for split in extra_validation_splits(data):  # other sources: watched, not used for selection
-            pred = predict_logits(model, data[split].images).argmax(1)
+            pred = predict_logits(model, data[split].images, 256).argmax(1)
             with warnings.catch_warnings():  # a source holds only some classes: recall over the classes it has
                 warnings.simplefilter("ignore", UserWarning)
                 row[f"{split}_balanced_accuracy"] = float(balanced_accuracy_score(data[split].labels, pred))
@@ -369,13 +362,13 @@ def extra_validation_splits(data: dict) -> list[str]:
 
 def evaluate_run(run_dir: Path, config: Config, data, state: dict, log=print) -> dict:
     """Evaluate the selected float model once on validation and test; write metrics.json and plots."""
-    model = load_keras_model(float_model_path(run_dir, config.model.variant))
+    model = load_keras_model(artifact_paths(run_dir, config.model.variant)["float"])
     out = {"variant": config.model.variant, "selected_epoch": state["best_epoch"],
            "selection": "best validation macro-F1", "parameters": int(model.count_params()),
            "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}
     for split in ("val", "test", *extra_validation_splits(data)):
         split_data = data[split]
-        logits = predict_logits(model, split_data.images)
+        logits = predict_logits(model, split_data.images, 256)
         metrics = classification_metrics(split_data.labels, logits, classes=run_classes(config.data))
         metrics["bootstrap_95"] = bootstrap_intervals(split_data.labels, logits.argmax(1),
                                                       split_data.frame["lesion_id"].to_numpy(), n_boot=1000,

@@ -44,25 +44,30 @@ def _subset(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
 
 
 def load_splits(config: DataConfig, max_images: int = 0, seed: int = 0, log=print,
-                extra_sources: bool = False) -> dict[str, SplitData]:
+                extra_sources: bool = False, load_images=None) -> dict[str, SplitData]:
     """Validate the metadata, check the split file against it, and return train/val/test arrays.
 
     ``max_images`` > 0 keeps a class-stratified subset of each split (quick runs). With ``config.classes``
     only those classes' images are kept and labels index that list. With ``extra_sources`` (training), the
     sources of ``config.extra_sources`` join the train split and add a ``val_<source>`` split each; other
     stages leave them out, as they evaluate or calibrate on HAM10000.
+
+    ``load_images(meta, config, name=, log=)`` gives the HAM10000 images of the metadata rows; by default the
+    whole images, resized. Lesion crops (``config.crop``) need a saliency model, which data loading never
+    loads: ``qana_keras.runs.load_splits`` passes the crop cache's loader for them.
     """
     classes = run_classes(config)
     meta = ham10000.load_metadata(config.data_dir)
     split = splits.read_split(config.split_file, meta=meta)
     meta = meta.merge(split[["image_id", "split"]], on="image_id", validate="one_to_one")
-    if getattr(config, "crop", "none") == "none":
+    if load_images is not None:  # e.g. lesion crops, made the same way at inference (qana_keras.crop)
+        images = load_images(meta, config, name="ham10000", log=log)
+    elif getattr(config, "crop", "none") == "none":
         images = load_cached_images(meta["path"].tolist(), config.image_size, config.cache_dir,
                                     name="ham10000", log=log)
-    else:  # lesion crops, made the same way at inference (qana_keras.crop)
-        from qana_keras.crop import load_cached_crops
-
-        images = load_cached_crops(meta, config, name="ham10000", log=log)
+    else:
+        raise ValueError(f"data.crop={config.crop}: lesion crops are made by a saliency model, which data loading "
+                         "never loads; load the splits with qana_keras.runs.load_splits (or RunFolder.splits)")
     class_index = {name: i for i, name in enumerate(classes)}
     out = {}
     for name in splits.SPLITS:

@@ -13,7 +13,7 @@ Two kinds, both returning one low-resolution map per image for its predicted cla
   the head's own input, that gradient is W itself, so Grad-CAM there is the head map with the
   kernel averaged over locations; at the last stage's pre-pool ReLU it has twice the resolution.
 
-Maps are not normalised here; :mod:`qana_keras.crop` thresholds them relative to their peak.
+Maps are not normalised here; :mod:`qana_keras.crop.geometry` thresholds them relative to their peak.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from qana_keras.io import sha256_file
 
 METHODS = ("head", "gradcam")
 FLATTEN, DENSE = "head/flatten", "head/dense"
@@ -88,7 +87,7 @@ class AkidaHeadCAM:
     method = "head"
 
     def __init__(self, path: str | Path, dense: str = DENSE, check: bool = True):
-        from qana_keras.safe_load import load_akida_model
+        from qana_keras.runtime.load import load_akida_model
 
         path = Path(path)
         full = load_akida_model(path)
@@ -179,9 +178,6 @@ class GradCAM:
         return np.concatenate(maps), np.concatenate(all_logits)
 
 
-file_sha256 = sha256_file  # crop.py keys its cache with it
-
-
 def load_saliency(path: str | Path, method: str = "head", layer: str | None = None):
     """A saliency model from a float Keras ``.h5`` (``head`` or ``gradcam``) or an Akida ``.fbz`` (``head``)."""
     path = Path(path)
@@ -195,7 +191,7 @@ def load_saliency(path: str | Path, method: str = "head", layer: str | None = No
         return AkidaHeadCAM(path)
     if path.suffix != ".h5":
         raise ValueError(f"{path}: saliency model must be a float Keras .h5 or an Akida .fbz")
-    from qana_keras.convert import load_quantized
+    from qana_keras.runtime.load import load_keras_model
 
-    model = load_quantized(path)  # also loads float models
+    model = load_keras_model(path)  # also loads quantized models
     return KerasHeadCAM(model) if method == "head" else GradCAM(model, layer)

@@ -1,307 +1,19 @@
-"""Lesion crops: a saliency-guided (or mask-guided) square crop of the full-resolution image, and a 2x2
-tiling fallback for low-confidence images.
-
-Deployment needs only the Akida model and the host CPU:
-  1. the whole image, downscaled to the model size, goes through a saliency model (its class-activation
-     map, :mod:`qana_keras.saliency`; the forward-only ``head`` map runs from the Akida feature map);
-  2. the map is upsampled to the full image, thresholded at ``threshold`` of its range, and the
-     connected region holding its peak gives the salient box; a ``margin`` is added on each side, the
-     box is squared and clamped to the image (:func:`crop_box`);
-  3. that box is cut from the highest-resolution image available (the 200x150 originals here, not
-     the 64x64 copy) and resized to the model size;
-  4. when the classifier's confidence on the crop is below a threshold chosen on validation, it also
-     classifies four overlapping tiles (2x2) of the whole image and averages the five softmaxes.
-
-Training uses the same crops (``data.crop = saliency | mask``), cached on disk like the whole images
-with a key that covers the source files, the crop parameters and the saliency model's SHA-256.
-Boxes are ``(x0, y0, x1, y1)`` in pixels of the original image, half-open.
-"""
+"""The crop study: whole image vs saliency crop (+ 2x2 tiling fallback) vs mask crop, on the lesion-level split,
+and the overlay figures that show the boxes."""
 from __future__ import annotations
 
-import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from qana_keras import CLASSES
-from qana_keras.data.cache import files_digest
+from qana_keras.crop.geometry import (MASK_DIR, CropParams, box_iou, centred, crop_images, image_shapes, mask_boxes,
+                                      saliency_boxes, salient_box, tile_boxes, upsample_map)
 from qana_keras.data.images import read_rgb
 from qana_keras.io import atomic_path
-
-MASK_DIR = "HAM10000_segmentations_lesion_tschandl"
-CROP_FORMAT = 1  # bump when the crop code changes what it produces (part of the cache key)
-CROP_MODES = ("none", "saliency", "mask")
-
-
-@dataclass
-class CropParams:
-    threshold: float = 0.5  # a map value counts as salient above this fraction of the map's range (min..max)
-    margin: float = 0.15  # added on each side of the salient box, as a fraction of its longer side
-    min_side: float = 0.25  # smallest crop side, as a fraction of the image's shorter side (a 4x4 map is coarse)
-
-    def __post_init__(self):
-        if not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"crop threshold must be in [0, 1), got {self.threshold}")
-        if self.margin < 0 or not 0 < self.min_side <= 1:
-            raise ValueError(f"crop margin must be >= 0 and min_side in (0, 1], got {self.margin}, {self.min_side}")
-
-
-def crop_params(data_config) -> CropParams:
-    """The crop parameters of a :class:`~qana_keras.config.DataConfig`."""
-    return CropParams(threshold=data_config.crop_threshold, margin=data_config.crop_margin)
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry
-
-
-def full_box(height: int, width: int) -> tuple[int, int, int, int]:
-    return (0, 0, int(width), int(height))
-
-
-def upsample_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear upsampling of a low-resolution map to the image (each cell covers its share of the frame)."""
-    return cv2.resize(cam.astype(np.float32), (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
-
-
-def salient_box(cam: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int, int]:
-    """Bounding box of the connected region around the map's peak where ``(cam - min) / (max - min) >= threshold``.
-
-    A flat map (no information) gives the whole frame.
-    """
-    h, w = cam.shape
-    low, high = float(np.min(cam)), float(np.max(cam))
-    if not np.isfinite(high) or high - low <= 1e-12 * max(1.0, abs(high)):
-        return full_box(h, w)
-    binary = ((cam - low) >= threshold * (high - low)).astype(np.uint8)
-    _, labels = cv2.connectedComponents(binary, connectivity=8)
-    py, px = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    ys, xs = np.nonzero(labels == labels[py, px])
-    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-
-
-def crop_box(box, height: int, width: int, params: CropParams = CropParams()) -> tuple[int, int, int, int]:
-    """``box`` grown by the margin, made square, at least ``min_side``, and shifted to lie inside the image.
-
-    The side is capped at the image's shorter side, so a box wider than that is cut around its centre.
-    """
-    x0, y0, x1, y1 = box
-    shorter = min(height, width)
-    side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * params.margin)
-    side = int(round(min(max(side, params.min_side * shorter), shorter)))
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    left = int(min(max(round(cx - side / 2.0), 0), width - side))
-    top = int(min(max(round(cy - side / 2.0), 0), height - side))
-    return (left, top, left + side, top + side)
-
-
-def box_iou(a, b) -> float:
-    """Intersection over union of two boxes."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def mask_bbox(mask: np.ndarray):
-    """Bounding box of a binary mask's foreground, or None when it is empty."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-
-
-def centred(box, height: int, width: int) -> tuple[int, int, int, int]:
-    """A box of the same size as ``box``, centred in the frame (the no-saliency control)."""
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    left, top = (width - bw) // 2, (height - bh) // 2
-    return (int(left), int(top), int(left + bw), int(top + bh))
-
-
-def tile_boxes(height: int, width: int, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
-    """Four overlapping tiles (2x2) of the frame, each ``(1 + overlap) / 2`` of its width and height.
-
-    Tiles keep the frame's aspect ratio, so they are squashed to the model size the same way as the whole image.
-    """
-    tw, th = int(round(width * (1 + overlap) / 2)), int(round(height * (1 + overlap) / 2))
-    return [(x, y, x + tw, y + th) for y in (0, height - th) for x in (0, width - tw)]
-
-
-def crop_resize(image: np.ndarray, box, size: int) -> np.ndarray:
-    """Cut ``box`` out of ``image`` and resize it to ``size`` x ``size`` (area averaging down, cubic up)."""
-    x0, y0, x1, y1 = box
-    patch = image[y0:y1, x0:x1]
-    if patch.size == 0:
-        raise ValueError(f"empty crop box {box} for an image of {image.shape[1]}x{image.shape[0]}")
-    down = patch.shape[0] >= size and patch.shape[1] >= size
-    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if down else cv2.INTER_CUBIC)
-
-
-# --------------------------------------------------------------------------------------------------
-# Boxes and crops for many images
-
-
-def _workers() -> int:
-    return min(8, (os.cpu_count() or 2) * 2)
-
-
-def image_shapes(paths: list[str]) -> np.ndarray:
-    """``(N, 2)`` (height, width) of each image, from the file headers."""
-    from PIL import Image
-
-    def shape(p):
-        with Image.open(p) as img:
-            return img.height, img.width
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        return np.array(list(pool.map(shape, paths)), dtype=np.int64).reshape(-1, 2)
-
-
-def saliency_boxes(maps: np.ndarray, shapes: np.ndarray, params: CropParams) -> tuple[np.ndarray, np.ndarray]:
-    """Salient boxes and crop boxes ``(N, 4)`` in original-image pixels, from low-resolution maps ``(N, h, w)``."""
-    raw, crops = np.empty((len(maps), 4), np.int64), np.empty((len(maps), 4), np.int64)
-    for i, (cam, (h, w)) in enumerate(zip(maps, shapes)):
-        raw[i] = salient_box(upsample_map(cam, h, w), params.threshold)
-        crops[i] = crop_box(raw[i], h, w, params)
-    return raw, crops
-
-
-def mask_path(mask_dir: str | Path, image_id: str) -> Path:
-    return Path(mask_dir) / f"{image_id}_segmentation.png"
-
-
-def load_mask(path: str | Path, height: int, width: int) -> np.ndarray:
-    """A binary lesion mask scaled to ``height`` x ``width`` (the official masks are 600x450 for 200x150 images)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise FileNotFoundError(f"lesion mask {path} is missing or unreadable; the official HAM10000 masks "
-                                f"({MASK_DIR}) have one ISIC_xxxxxxx_segmentation.png per image")
-    if mask.shape != (height, width):
-        mask = cv2.resize(mask, (int(width), int(height)), interpolation=cv2.INTER_AREA)
-    return mask >= 128
-
-
-def mask_boxes(image_ids, mask_dir: str | Path, shapes: np.ndarray,
-               params: CropParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mask bounding boxes, crop boxes (same margin/square rule as saliency) and an ``empty`` flag per image.
-
-    An empty mask gives the whole frame as its box (and ``empty`` True).
-    """
-    def one(args):
-        image_id, (h, w) = args
-        return mask_bbox(load_mask(mask_path(mask_dir, image_id), h, w))
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        found = list(pool.map(one, zip(image_ids, shapes)))
-    empty = np.array([b is None for b in found])
-    raw = np.array([full_box(h, w) if b is None else b for b, (h, w) in zip(found, shapes)], np.int64).reshape(-1, 4)
-    crops = np.array([crop_box(b, h, w, params) for b, (h, w) in zip(raw, shapes)], np.int64).reshape(-1, 4)
-    return raw, crops, empty
-
-
-def crop_images(paths: list[str], boxes: list[np.ndarray], size: int) -> list[np.ndarray]:
-    """For each ``(N, 4)`` array in ``boxes``, the ``(N, size, size, 3)`` uint8 crops; each image is decoded once."""
-    out = [np.empty((len(paths), size, size, 3), np.uint8) for _ in boxes]
-
-    def one(i):
-        image = read_rgb(paths[i])
-        for k, b in enumerate(boxes):
-            out[k][i] = crop_resize(image, b[i], size)
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        list(pool.map(one, range(len(paths))))
-    return out
-
-
-def tile_crops(paths: list[str], shapes: np.ndarray, size: int, overlap: float = 0.25) -> np.ndarray:
-    """``(N, 4, size, size, 3)``: the four 2x2 tiles of every image."""
-    boxes = [np.array([tile_boxes(h, w, overlap)[t] for h, w in shapes]) for t in range(4)]
-    return np.stack(crop_images(paths, boxes, size), axis=1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Cached training/evaluation crops (data.crop)
-
-
-def default_mask_dir(data_config) -> str:
-    return data_config.mask_dir or str(Path(data_config.data_dir) / MASK_DIR)
-
-
-def crop_cache_params(meta, data_config) -> dict:
-    """What the crops depend on besides the images and the size: mode, parameters, saliency model or masks."""
-    from qana_keras.saliency import file_sha256
-
-    mode = data_config.crop
-    params = {"crop_format": CROP_FORMAT, **asdict(crop_params(data_config))}
-    if mode == "saliency":
-        if not data_config.crop_model:
-            raise ValueError("data.crop=saliency needs data.crop_model: the whole-image model (.h5 float or .fbz "
-                             "Akida) whose class-activation map picks the crop, e.g. "
-                             "--set data.crop_model=runs/qana-e60/qana_float.h5")
-        model = Path(data_config.crop_model)
-        if not model.is_file():
-            raise FileNotFoundError(f"data.crop_model {model} not found")
-        return {"crop": mode, "saliency": data_config.crop_saliency, "model_sha256": file_sha256(model), **params}
-    if mode == "mask":
-        mask_dir = default_mask_dir(data_config)
-        paths = [mask_path(mask_dir, i) for i in meta["image_id"]]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"data.crop=mask: {len(missing)} lesion masks missing, e.g. {missing[0]}; set "
-                                    f"data.mask_dir to the folder of the official masks ({MASK_DIR})")
-        return {"crop": mode, "masks": files_digest(paths), **params}  # content, not size and mtime
-    raise ValueError(f"unknown data.crop {mode!r}; use one of {', '.join(CROP_MODES)}")
-
-
-def compute_crops(meta, data_config, log=print) -> dict:
-    """Crops (and their boxes) of every image in ``meta`` for ``data_config.crop`` = saliency or mask."""
-    from qana_keras.data.cache import load_cached_images
-
-    paths = meta["path"].tolist()
-    params = crop_params(data_config)
-    shapes = image_shapes(paths)
-    out = {"shapes": shapes}
-    if data_config.crop == "saliency":
-        from qana_keras.saliency import load_saliency
-
-        saliency = load_saliency(data_config.crop_model, data_config.crop_saliency)
-        whole = load_cached_images(paths, saliency.input_size, data_config.cache_dir, name="ham10000", log=log)
-        maps, logits = saliency(whole)
-        out.update(maps=maps, saliency_logits=logits)
-        out["raw"], out["boxes"] = saliency_boxes(maps, shapes, params)
-    elif data_config.crop == "mask":
-        out["raw"], out["boxes"], out["empty"] = mask_boxes(meta["image_id"].tolist(), default_mask_dir(data_config),
-                                                            shapes, params)
-    else:
-        raise ValueError(f"unknown data.crop {data_config.crop!r}; use one of {', '.join(CROP_MODES)}")
-    out["crops"] = crop_images(paths, [out["boxes"]], data_config.image_size)[0]
-    return out
-
-
-def load_cached_crops(meta, data_config, name: str = "ham10000", log=print) -> np.ndarray:
-    """``(N, size, size, 3)`` uint8 crops of ``meta``'s images, from the cache when its key matches."""
-    from qana_keras.data.cache import cache_key, read_cache_file
-
-    start = time.perf_counter()
-    size, paths = data_config.image_size, meta["path"].tolist()
-    key = cache_key(paths, size, extra=crop_cache_params(meta, data_config))
-    cache_file = Path(data_config.cache_dir) / f"{name}_{data_config.crop}crop_{size}px_{key}.npy"
-    if cache_file.exists():
-        crops = read_cache_file(cache_file)
-        if crops.shape == (len(paths), size, size, 3) and crops.dtype == np.uint8:
-            log(f"loaded {len(paths)} cached {data_config.crop} crops from {cache_file} "
-                f"in {time.perf_counter() - start:.1f}s")
-            return crops
-        log(f"ignoring cache {cache_file}: shape {crops.shape} does not match {len(paths)} images")
-    crops = compute_crops(meta, data_config, log=log)["crops"]
-    with atomic_path(cache_file) as tmp:
-        np.save(tmp, crops)
-    log(f"made {len(paths)} {data_config.crop} crops of {size}x{size} in {time.perf_counter() - start:.1f}s; "
-        f"cached in {cache_file}")
-    return crops
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,14 +85,14 @@ def _scores(labels, probabilities, groups, n_boot: int, seed: int) -> dict:
 
 def load_classifier(path):
     """A .h5 or .fbz classifier and its input size."""
-    from qana_keras.evaluate import _input_shape, load_model_any
+    from qana_keras.runtime.load import input_shape, load_model_any
 
     model = load_model_any(path)
-    return model, int(_input_shape(model)[0])
+    return model, int(input_shape(model)[0])
 
 
 def _predict_probs(model, images: np.ndarray) -> np.ndarray:
-    from qana_keras.convert import predict_logits
+    from qana_keras.runtime.load import predict_logits
     from qana_keras.metrics import softmax
 
     return softmax(np.asarray(predict_logits(model, images, 100), np.float64))
@@ -438,7 +150,7 @@ def evaluate_crops(model_path, saliency_path, method: str = "head", params: Crop
     squaring) with the mask's bounding box, and the two crop boxes with each other.
     """
     from qana_keras.data.cache import load_cached_images
-    from qana_keras.saliency import load_saliency
+    from qana_keras.crop.saliency import load_saliency
 
     began = time.perf_counter()
     classifier, size = load_classifier(model_path)
