@@ -32,9 +32,9 @@ QUICK_SIZE = 16  # the tiny model's final map is then 4x4, as the head reads it 
 
 
 def load_run_model(run: Path, name: str):
-    """The model file ``name`` of the run folder ``run`` (.h5 or .fbz), through ``qana_keras.safe_load``: the name
+    """The model file ``name`` of the run folder ``run`` (.h5 or .fbz), through ``qana_keras.runtime.safe_load``: the name
     (often read from a run's JSON) must stay inside ``run``, and the file is checked before any library reads it."""
-    from qana_keras.safe_load import inside_folder, load_model_file
+    from qana_keras.runtime.safe_load import inside_folder, load_model_file
 
     return load_model_file(inside_folder(run, name, run))
 
@@ -83,7 +83,7 @@ class Setup:
         """A run folder with a float model: trains the quick run if it is missing; copies models/qana in full mode."""
         if self.quick:
             if not (self.run / "metrics.json").exists():
-                from qana_keras.train import train
+                from qana_keras.training.train import train
 
                 train(self.run, self.quick_config(), overwrite=True)
             return self.run
@@ -130,7 +130,7 @@ class Setup:
             return reference_copy(run, self.data, AKD1000_REFERENCE)
         if not (run / "conversion_i8_w4_a4.json").exists():
             from qana_keras.conversion.run import convert_run
-            from qana_keras.train import train
+            from qana_keras.training.train import train
 
             config = self.quick_config()
             config.model = ModelConfig(variant="qana-akd1000", **TINY_MODEL)

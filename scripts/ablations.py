@@ -5,13 +5,13 @@ usage: python scripts/ablations.py NAME [NAME ...] [--epochs 60] [--out runs/abl
        [--reference qana | --reference-run RUN] [--data DIR] [--set SECTION.KEY=VALUE ...]
        python scripts/ablations.py --list
 
-NAME is a key of ``MODELS`` in qana_keras.hardware_cost (`qana hardware-cost --list`) (qana, qana-no-sa-eca, qana-no-se,
+NAME is a key of ``MODELS`` in qana_keras.evaluation.hardware_cost (`qana hardware-cost --list`) (qana, qana-no-sa-eca, qana-no-se,
 qana-no-attention, qana-32, qana-48, qana-96, akidanet-0.25, akidanet-0.5, plain-cnn): the reference
 recipe configs/qana.yaml plus that model's ``--set`` overrides, plus ``--epochs`` and ``--set``.
 Every model uses the same lesion-level split file and training seed.
 
 Steps per model, each skipped when its output already exists (so a killed job reruns cheaply):
-  1. ``qana_keras.train.train`` into ``OUT/NAME/`` (resumed if it was interrupted)
+  1. ``qana_keras.training.train.train`` into ``OUT/NAME/`` (resumed if it was interrupted)
   2. ``qana_keras.conversion.run.convert_run`` (8-bit quantization, strict conversion; QAT as ``qana convert``)
   3. the Akida model (simulator) on the test split -> ``OUT/NAME/test_logits_akida.npz``
   4. mapping on the Akida 2.0 virtual devices (weights do not change it)
@@ -20,7 +20,7 @@ Steps per model, each skipped when its output already exists (so a killed job re
 Row fields (``OUT/NAME.json``; ``*`` = fractions in [0, 1]):
   name, variant, overrides, epochs, image_size, seed, split_file, run_dir
   params, macs, head_inputs              as `qana hardware-cost` (MACs of the float Keras graph)
-  hardware                               qana_keras.hardware_cost ``mapping_cost`` of the trained .fbz:
+  hardware                               qana_keras.evaluation.hardware_cost ``mapping_cost`` of the trained .fbz:
                                          r_succ, min_device, one_pass, nps, nps_by_type, program_bytes,
                                          akida_macs, compute_min_device, devices (``compute_min_device.nps``
                                          is the smallest footprint; ``nps`` is what ``min_device`` uses)
@@ -51,11 +51,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qana_keras import CLASSES, hardware_cost  # qana_keras first: it sets TF_USE_LEGACY_KERAS for tf_keras
+from qana_keras import CLASSES  # qana_keras first: it sets TF_USE_LEGACY_KERAS for tf_keras
+from qana_keras.evaluation import hardware_cost
 from qana_keras.config import REPO_ROOT, Config, load_config
 from qana_keras.io import RunFolderError, read_json, write_json
 from qana_keras.runs import artifact_paths
-from qana_keras.safe_load import load_akida_model, load_keras_model
+from qana_keras.runtime.safe_load import load_akida_model, load_keras_model
 
 MODELS = hardware_cost.MODELS
 AKIDA_LOGITS = "test_logits_akida.npz"
@@ -76,7 +77,7 @@ def _same_config(run_dir: Path, config: Config) -> bool:
 
 def train_step(run_dir: Path, config: Config, log=print) -> float:
     """Train (or resume, or skip when finished) the run; refuse a folder trained with other settings."""
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     began = time.perf_counter()
     if (run_dir / "config.yaml").exists():

@@ -17,10 +17,10 @@ import numpy as np
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
-from qana_keras.distill import model_probabilities
+from qana_keras.training.distill import model_probabilities
 from qana_keras.io import write_json
 from qana_keras.metrics import bootstrap_intervals, format_difference, headline_metrics, paired_bootstrap_difference
-from qana_keras.safe_load import load_keras_model
+from qana_keras.runtime.safe_load import load_keras_model
 
 
 def main() -> None:

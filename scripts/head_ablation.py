@@ -35,13 +35,13 @@ import qana_keras  # noqa: F401
 
 from qana_keras import CLASSES
 from qana_keras.config import load_config
-from qana_keras.head import DENSE_LAYER, calibration_indices, head_paths, run_embeddings, with_dense
-from qana_keras.head_fit import HeadConfig, fit_head, fit_whitening
+from qana_keras.refit.head import DENSE_LAYER, calibration_indices, head_paths, run_embeddings, with_dense
+from qana_keras.refit.head_fit import HeadConfig, fit_head, fit_whitening
 from qana_keras.io import atomic_path, write_json
 from qana_keras.metrics import (bootstrap_intervals, classification_metrics, macro_f1,
                                 paired_bootstrap_difference)
 from qana_keras.reporting.studies import head_ablation_markdown
-from qana_keras.safe_load import load_keras_model
+from qana_keras.runtime.safe_load import load_keras_model
 
 RARE = ("df", "vasc", "akiec")
 C_GRID = (0.01, 0.03, 0.1, 0.3)
@@ -153,7 +153,7 @@ def pick_c(emb, labels_train, labels_val, cfg: HeadConfig, whitening, log) -> tu
 
     The synthetic samples do not depend on C: they are made once and returned for the final fit.
     """
-    from qana_keras.head_fit import oversample
+    from qana_keras.refit.head_fit import oversample
 
     synthetic = oversample(whitening.transform(emb[cfg.embedding]["train"]), labels_train, cfg)
     scores = {}

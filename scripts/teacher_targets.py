@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Teacher-ensemble soft targets for distillation (``train.soft_targets``; see qana_keras.distill).
+"""Teacher-ensemble soft targets for distillation (``train.soft_targets``; see qana_keras.training.distill).
 
 Each image of the split file (every split, so the file also serves analysis) gets the mean softmax of
 the teachers, each averaged over the 8 flips/rotations. Refuses to replace an existing file unless
@@ -21,8 +21,8 @@ import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras import CLASSES
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
-from qana_keras.distill import model_probabilities, write_soft_targets
-from qana_keras.safe_load import load_keras_model
+from qana_keras.training.distill import model_probabilities, write_soft_targets
+from qana_keras.runtime.safe_load import load_keras_model
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Issue 28, artifact half: model files that would run code or crash the process are refused in one line
-(``qana_keras.safe_load``), and `qana evaluate` turns bad options into one-line errors, not tracebacks.
+(``qana_keras.runtime.safe_load``), and `qana evaluate` turns bad options into one-line errors, not tracebacks.
 
 Every fixture is made here on the fly: tiny Keras models, copies (whole or cut) of the committed Akida model.
 """
@@ -20,10 +20,10 @@ import pytest
 from fixtures import REPO, tiny_model, write_run_fixture
 
 import qana_keras
-from qana_keras import safe_load
+from qana_keras.runtime import safe_load
 from qana_keras.cli import main
 from qana_keras.runtime.load import load_model_any
-from qana_keras.safe_load import ArtifactError
+from qana_keras.runtime.safe_load import ArtifactError
 
 COMMITTED_FBZ = REPO / "models" / "qana" / "qana.fbz"
 COMMITTED_QUANTIZED = REPO / "models" / "qana" / "qana_i8_w8_a8.h5"
@@ -121,7 +121,7 @@ def test_evaluate_refuses_a_lambda_h5_without_running_it(evil, model_dir, tmp_pa
 
 
 def _init_from(path):
-    from qana_keras.train import load_initial_weights
+    from qana_keras.training.train import load_initial_weights
 
     load_initial_weights(None, path)  # the source model is loaded (or refused) before the target is touched
 
@@ -133,7 +133,7 @@ def _saliency(path):
 
 
 def _crop_classifier(path):
-    from qana_keras.crop.study import load_classifier
+    from qana_keras.evaluation.crop_study import load_classifier
 
     load_classifier(path)
 
@@ -450,8 +450,8 @@ def test_debug_flag_shows_the_traceback(model_dir, tmp_path):
 @pytest.mark.parametrize("content", [{"classes": ["bcc", "akiec"]}, ["bcc", "akiec"]], ids=["object", "list"])
 def test_classes_json_as_written_or_as_a_bare_list(tmp_path, content):
     from qana_keras.io import read_classes, write_json
-    from qana_keras.learn import _check_classes
-    from qana_keras.predict import model_classes
+    from qana_keras.onchip.learn import _check_classes
+    from qana_keras.evaluation.predict import model_classes
 
     write_json(tmp_path / "classes.json", content)
     assert read_classes(tmp_path) == model_classes(tmp_path / "m.fbz") == ("bcc", "akiec")
@@ -465,8 +465,8 @@ def test_classes_json_as_written_or_as_a_bare_list(tmp_path, content):
                                            ({"classes": []}, "expected {\"classes\"")])
 def test_bad_classes_json_is_one_line_naming_the_file(tmp_path, content, says):
     from qana_keras.io import write_json
-    from qana_keras.learn import LearnError, _check_classes
-    from qana_keras.predict import model_classes
+    from qana_keras.onchip.learn import LearnError, _check_classes
+    from qana_keras.evaluation.predict import model_classes
 
     write_json(tmp_path / "classes.json", content)
     with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'classes.json'))}: {re.escape(says)}"):

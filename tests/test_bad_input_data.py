@@ -276,7 +276,7 @@ def _fake_finished_run(run: Path) -> None:
 def test_bad_image_size_fails_before_the_folder_or_the_cache_is_touched(tmp_path):
     from test_train import tiny_config
 
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=1)
     config.data.image_size = 50
@@ -289,7 +289,7 @@ def test_overwrite_with_a_bad_config_keeps_the_old_run(tmp_path):
     from test_train import tiny_config
 
     from qana_keras.data.checks import DatasetError
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=1)
     config.data.data_dir = str(tmp_path / "nowhere")
@@ -303,7 +303,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
     from test_train import tiny_config
 
     from qana_keras.io import RunFolderError
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -316,7 +316,7 @@ def test_run_under_a_file_is_a_one_line_error(tmp_path):
     from test_train import tiny_config
 
     from qana_keras.io import RunFolderError
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     (tmp_path / "somefile").write_text("x")
     with pytest.raises(RunFolderError, match="cannot create the run folder .*somefile/run") as error:
@@ -331,7 +331,7 @@ def test_replaced_run_is_moved_aside_and_a_failed_start_can_be_retried(tmp_path)
 
     from qana_keras.data.checks import DatasetError
     from qana_keras.io import read_json
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=1)
     run = tmp_path / "run"
@@ -355,7 +355,7 @@ def test_a_folder_with_only_a_config_yaml_is_not_a_failed_start(tmp_path):
     from test_train import tiny_config
 
     from qana_keras.io import RunFolderError
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     mine = tmp_path / "mine"
     (mine / "logs").mkdir(parents=True)
@@ -368,7 +368,7 @@ def test_a_folder_with_only_a_config_yaml_is_not_a_failed_start(tmp_path):
 def test_check_start_builds_the_model_without_imagenet_weights(tmp_path, monkeypatch):
     from test_train import tiny_config
 
-    import qana_keras.train as train_module
+    import qana_keras.training.train as train_module
 
     built = []
     real = train_module.build_model
@@ -405,7 +405,7 @@ def test_resume_after_a_kill_between_checkpoint_and_state(tmp_path):
     from test_train import tiny_config
 
     from qana_keras.io import read_json, write_json
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=3)
     run = tmp_path / "run"
@@ -448,7 +448,8 @@ def test_mask_crop_key_is_the_cache_digest_of_the_masks(tmp_path):
 def test_quick_fields_are_built_in_one_place():
     import inspect
 
-    from qana_keras import deploy, runs
+    from qana_keras import runs
+    from qana_keras.onchip import deploy
     from qana_keras.conversion import run as convert
     from qana_keras.runs import QUICK_NOTE, quick_fields
 

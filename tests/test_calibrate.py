@@ -7,7 +7,7 @@ from fixtures import QUIET, random_images, write_run_fixture
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from qana_keras import CLASSES
-from qana_keras.calibrate import (add_offsets_to_quantized, add_to_dense_bias, fit_offsets, fit_temperature,
+from qana_keras.refit.calibrate import (add_offsets_to_quantized, add_to_dense_bias, fit_offsets, fit_temperature,
                                   objective_score, reliability)
 from qana_keras.io import RunFolderError, read_json
 
@@ -96,7 +96,7 @@ def test_reliability_bins_match_sklearn_calibration_curve():
 # --------------------------------------------------------------------------------------------------
 def test_calibration_markdown_names_classes_by_the_run():
     """A 5-class run's rows are akiec, bcc, bkl, mel, nv: mel must not be reported as df."""
-    from qana_keras.calibrate import _summary, calibration_markdown
+    from qana_keras.refit.calibrate import _summary, calibration_markdown
 
     classes = ("akiec", "bcc", "bkl", "mel", "nv")
     labels = np.repeat(np.arange(5), 4)
@@ -170,7 +170,7 @@ def tiny_run(tmp_path_factory, tiny_qana):
 
 
 def test_calibrate_run_writes_artifacts_and_refuses_to_overwrite(tiny_run):
-    from qana_keras.calibrate import calibrate_run
+    from qana_keras.refit.calibrate import calibrate_run
 
     report = calibrate_run(tiny_run, batch_size=16, **QUIET)
     for name in ("calibration.json", "calibration.md", "calibration_reliability.png", "qana_calibrated_float.h5",

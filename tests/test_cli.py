@@ -57,10 +57,10 @@ def test_make_help_lists_every_documented_target():
 
 def test_evaluate_data_default_follows_the_format(tmp_path, monkeypatch, capsys):
     """--data defaults to $QANA_DATA_DIR for ham10000, $QANA_PAD_UFES_DIR for pad-ufes-20, nothing for isic2018."""
-    import qana_keras.evaluate
+    import qana_keras.evaluation.evaluate
 
     seen = []
-    monkeypatch.setattr(qana_keras.evaluate, "evaluate_to_json", lambda *a, **k: seen.append((k["fmt"], k["data"])))
+    monkeypatch.setattr(qana_keras.evaluation.evaluate, "evaluate_to_json", lambda *a, **k: seen.append((k["fmt"], k["data"])))
     monkeypatch.setenv("QANA_DATA_DIR", str(tmp_path / "ham"))
     monkeypatch.setenv("QANA_PAD_UFES_DIR", str(tmp_path / "pad"))
 

@@ -16,13 +16,13 @@ from qana_keras.data import ham10000, splits
 from qana_keras.io import RunFolderError, read_json
 from qana_keras.runs import RunFolder
 from qana_keras.runtime.load import HybridModel, predict_logits, tail_model
-from qana_keras.safe_load import file_record
+from qana_keras.runtime.safe_load import file_record
 
 
 def make_tiny_run(root, variant: str = "qana", epochs: int = 1, size: int = 32, classes: tuple[str, ...] = ()):
     """Train a tiny-width model for ``epochs`` on a synthetic HAM10000 fixture (on ``classes`` only, if given);
     returns (run_dir, config)."""
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     data_dir = write_ham10000_fixture(root / "ham", n_lesions_per_class=6, images_per_lesion=(1, 2), size=(64, 48))
     split_file = root / "split.csv"

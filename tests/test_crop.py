@@ -12,7 +12,7 @@ from qana_keras.config import Config, ModelConfig
 from qana_keras.crop.cache import crop_cache_params, load_cached_crops
 from qana_keras.crop.geometry import (MASK_DIR, CropParams, box_iou, centred, crop_box, mask_boxes, salient_box,
                                       tile_boxes)
-from qana_keras.crop.study import apply_fallback, choose_fallback_threshold, combine_views
+from qana_keras.evaluation.crop_study import apply_fallback, choose_fallback_threshold, combine_views
 from qana_keras.data import ham10000
 from qana_keras.data.synthetic import SKIN, write_lesion_masks
 
@@ -202,7 +202,7 @@ def test_saliency_crop_key_follows_the_model_and_errors_name_what_is_missing(ham
 
 def test_training_crops_are_the_inference_crops(ham, tmp_path):
     """The cached training crops (data.crop=saliency) are exactly what the evaluation/deployment path cuts."""
-    from qana_keras.crop.study import crop_views
+    from qana_keras.evaluation.crop_study import crop_views
     from qana_keras.crop.saliency import load_saliency
 
     meta = ham10000.load_metadata(ham["data_dir"])
@@ -238,7 +238,7 @@ def test_train_on_saliency_crops_from_the_command_line(ham, monkeypatch):
 
     assert load_config(root / "crop_run" / "config.yaml").data.crop_model == str(ham["model"])
     # `qana evaluate` preprocesses as the model was trained: the same crops, so the same test figures.
-    from qana_keras.evaluate import evaluate_model
+    from qana_keras.evaluation.evaluate import evaluate_model
 
     evaluation = evaluate_model(root / "crop_run" / "qana_float.h5", ham["data_dir"], split="test", n_boot=10,
                                 log=lambda *_: None)

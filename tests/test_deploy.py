@@ -7,10 +7,10 @@ from fixtures import random_images
 from test_convert import converted_tiny_run
 
 from qana_keras import CLASSES
-from qana_keras.deploy import VIRTUAL_DEVICES, deploy_run, fidelity_markdown, fidelity_report, virtual_device_report
-from qana_keras.progress import run_with_progress
+from qana_keras.onchip.deploy import VIRTUAL_DEVICES, deploy_run, fidelity_markdown, fidelity_report, virtual_device_report
+from qana_keras.runtime.progress import run_with_progress
 from qana_keras.runtime.load import predict_logits
-from qana_keras.devices import NO_BOARD_NOTE, STANDARD_DEVICES, DeviceError
+from qana_keras.runtime.devices import NO_BOARD_NOTE, STANDARD_DEVICES, DeviceError
 from qana_keras.io import read_json
 
 

@@ -13,7 +13,7 @@ from fixtures import QUIET, random_images, tiny_model
 
 from qana_keras.conversion.quantize import quantize_for_akida, to_akida
 from qana_keras.runtime.load import predict_logits
-from qana_keras.devices import (NO_BOARD_NOTE, STANDARD_DEVICES, DeviceError, check_fit, choose_device,
+from qana_keras.runtime.devices import (NO_BOARD_NOTE, STANDARD_DEVICES, DeviceError, check_fit, choose_device,
                                 device_reports, find_board, map_device, measure_board, min_device_report,
                                 parse_device, smallest)
 from qana_keras.io import read_json, write_json
@@ -198,7 +198,7 @@ def test_measure_board_arithmetic_and_json(tmp_path):
 
 
 def test_hardware_table_from_model_folders(tmp_path, tiny_qana, tiny_v1):
-    from qana_keras.hardware import BLOCK, write_hardware_table
+    from qana_keras.reporting.hardware import BLOCK, write_hardware_table
 
     models = tmp_path / "models"
     (models / "tiny").mkdir(parents=True)
@@ -258,7 +258,7 @@ def _two_precisions(folder):
 
 
 def test_board_figures_follow_the_precision_and_the_named_model(tmp_path):
-    from qana_keras.hardware import board_figures
+    from qana_keras.reporting.hardware import board_figures
 
     w8, w4 = _two_precisions(tmp_path / "run")
     write_json(w8.parent / "board.json", {"model": str(w8), **_BOARD})
@@ -271,7 +271,7 @@ def test_board_figures_follow_the_precision_and_the_named_model(tmp_path):
 
 
 def test_integer_accuracy_skips_smoke_runs_and_names_a_partial_file(tmp_path):
-    from qana_keras.hardware import integer_accuracy
+    from qana_keras.reporting.hardware import integer_accuracy
 
     w8, _ = _two_precisions(tmp_path / "run")
     write_json(w8.parent / "fidelity.json", {**_FIDELITY, "quick": True, "note": "SMOKE PROFILE"})
@@ -285,8 +285,8 @@ def test_integer_accuracy_skips_smoke_runs_and_names_a_partial_file(tmp_path):
 
 def test_a_null_artifacts_report_is_not_a_crash(tmp_path):
     from qana_keras.runtime.load import conversion_report_for
-    from qana_keras.hardware import integer_accuracy
-    from qana_keras.safe_load import reports_naming
+    from qana_keras.reporting.hardware import integer_accuracy
+    from qana_keras.runtime.safe_load import reports_naming
 
     w8, _ = _two_precisions(tmp_path / "run")
     write_json(w8.parent / "conversion_old.json", {"artifacts": None})
@@ -296,7 +296,7 @@ def test_a_null_artifacts_report_is_not_a_crash(tmp_path):
 
 
 def test_corrupt_json_names_its_file(tmp_path):
-    from qana_keras.hardware import integer_accuracy
+    from qana_keras.reporting.hardware import integer_accuracy
 
     w8, _ = _two_precisions(tmp_path / "run")
     (w8.parent / "fidelity.json").write_text('{"split": "test", ')
@@ -319,8 +319,8 @@ class _Refusing:
 def test_map_hw_falls_back_to_hwpr_on_any_akida_error_and_deploy_uses_it():
     import akida
 
-    from qana_keras.deploy import run_on_board
-    from qana_keras.devices import MapError, map_hw
+    from qana_keras.onchip.deploy import run_on_board
+    from qana_keras.runtime.devices import MapError, map_hw
 
     model = _Refusing({"AllNps": ValueError("layer conv: too many NPs\ndetails")})
     assert map_hw(model, object()) == akida.MapMode.HwPr and model.calls == ["AllNps", "HwPr"]

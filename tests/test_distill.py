@@ -6,7 +6,7 @@ from test_train import tiny_config
 from qana_keras import CLASSES
 from qana_keras.config import TrainConfig
 from qana_keras.data.pipeline import make_dataset
-from qana_keras.distill import dihedral_views, mixed_targets, read_soft_targets, write_soft_targets
+from qana_keras.training.distill import dihedral_views, mixed_targets, read_soft_targets, write_soft_targets
 from qana_keras.io import read_json
 
 
@@ -69,7 +69,7 @@ def test_training_batches_carry_the_soft_targets_with_their_images():
 def test_training_with_soft_targets(tmp_path):
     """Weight 0 trains exactly as the labels do; weight 1 on a uniform teacher learns nothing but the mean."""
     from qana_keras.data.dataset import load_splits
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=1)
     config.train.class_weighting = "none"  # the unweighted loss has the bound checked below

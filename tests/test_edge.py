@@ -7,7 +7,7 @@ from fixtures import QUIET, random_images, tiny_model, write_pad_ufes_fixture
 from test_convert import make_tiny_run
 
 from qana_keras.conversion.quantize import integer_completeness, quantize_for_akida, to_akida
-from qana_keras.edge import EdgeConfig, EdgeError, backbone, choose_num_weights, edge_learn_run
+from qana_keras.onchip.edge import EdgeConfig, EdgeError, backbone, choose_num_weights, edge_learn_run
 from qana_keras.io import RunFolderError, read_json, write_json
 
 

@@ -11,7 +11,7 @@ from test_convert import QUIET, converted_tiny_run
 from qana_keras import CLASSES
 from qana_keras.cli import main
 from qana_keras.data import splits
-from qana_keras.evaluate import evaluate_model
+from qana_keras.evaluation.evaluate import evaluate_model
 from qana_keras.io import read_json
 
 

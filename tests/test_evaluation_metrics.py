@@ -7,10 +7,10 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from qana_keras import CLASSES
-from qana_keras.evaluate import _with_lesion_groups, evaluation_metrics
+from qana_keras.evaluation.evaluate import _with_lesion_groups, evaluation_metrics
 from qana_keras.metrics import (auc_bootstrap, bootstrap_intervals, confusion_bootstrap, metrics_from_confusion,
                                 roc_curves, softmax, weighted_auc)
-from qana_keras.subgroups import HAM_ATTRIBUTES, MIN_UNITS, age_band, fitzpatrick, subgroup_report
+from qana_keras.evaluation.subgroups import HAM_ATTRIBUTES, MIN_UNITS, age_band, fitzpatrick, subgroup_report
 
 
 def _noisy(n: int, accuracy: float, seed: int):

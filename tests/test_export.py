@@ -10,7 +10,7 @@ from fixtures import QUIET, tiny_model, write_run_fixture
 
 from qana_keras.cli import main
 from qana_keras.io import RunFolderError, read_json, write_json
-from qana_keras.safe_load import ArtifactError, load_model_file
+from qana_keras.runtime.safe_load import ArtifactError, load_model_file
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def exported(tmp_path_factory):
     """A run folder with an untrained tiny qana (16 px, seeded) exported with 32 representative images."""
     import tf_keras
 
-    from qana_keras.export import export_run
+    from qana_keras.evaluation.export import export_run
 
     run, config, _ = write_run_fixture(tmp_path_factory.mktemp("export"), n_lesions_per_class=6, size=(64, 48),
                                        image_size=16)
@@ -60,7 +60,7 @@ def test_the_tflite_model_evaluates_and_predicts_like_the_other_models(exported,
     assert evaluation["model_type"] == "TFLiteModel"
     assert evaluation["top1"] == pytest.approx(report["test"]["tflite_int8"]["top1"])
 
-    from qana_keras.predict import predict_images
+    from qana_keras.evaluation.predict import predict_images
 
     images = sorted(Path(config.data.data_dir).glob("*/*.jpg"))[:3]
     folder = tmp_path / "photos"
@@ -116,7 +116,7 @@ def test_safe_load_refuses_what_is_no_recorded_tflite_model(exported, tmp_path, 
 
 
 def test_hardware_table_shows_the_export_beside_the_converted_akida_model(exported, tmp_path):
-    from qana_keras.hardware import TFLITE_LABEL, _tflite, tflite_export
+    from qana_keras.reporting.hardware import TFLITE_LABEL, _tflite, tflite_export
 
     run, _, report = exported
     folder = tmp_path / "models" / "tiny"
@@ -138,7 +138,7 @@ def test_hardware_table_shows_the_export_beside_the_converted_akida_model(export
 
 
 def test_the_int8_input_is_the_pixel_minus_128(exported):
-    from qana_keras.safe_load import load_tflite_model
+    from qana_keras.runtime.safe_load import load_tflite_model
 
     model = load_tflite_model(exported[0] / "qana_int8.tflite")
     info = model.tensor_info("input")

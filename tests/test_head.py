@@ -7,8 +7,8 @@ import pytest
 from fixtures import QUIET, random_images, write_run_fixture
 
 from qana_keras import CLASSES
-from qana_keras.head import equalization_rates, extract_embeddings, with_dense
-from qana_keras.head_fit import (HeadConfig, fit_head, fit_whitening, load_head, local_frames, minority_targets,
+from qana_keras.refit.head import equalization_rates, extract_embeddings, with_dense
+from qana_keras.refit.head_fit import (HeadConfig, fit_head, fit_whitening, load_head, local_frames, minority_targets,
                                  oversample, safe_anchor_mask, save_head)
 from qana_keras.io import RunFolderError, read_json
 
@@ -193,7 +193,7 @@ def test_folded_model_computes_head_of_whitened_embedding(tiny):
 
 
 def test_wrong_head_shape_is_refused(tiny):
-    from qana_keras.head_fit import HeadError
+    from qana_keras.refit.head_fit import HeadError
 
     model, *_ = tiny
     with pytest.raises(HeadError, match="'head/dense' of .* is \\(128, 7\\)"):
@@ -264,8 +264,8 @@ def tiny_run(tmp_path_factory):
 def test_head_run_writes_artifacts_and_refuses_to_overwrite(tiny_run):
     import tf_keras as keras
 
-    from qana_keras.head import head_run
-    from qana_keras.head_fit import load_head
+    from qana_keras.refit.head import head_run
+    from qana_keras.refit.head_fit import load_head
 
     config = HeadConfig(components=8, k_neighbors=2, safe_k=2, calibration=32, ratio=1.0)
     meta = head_run(tiny_run, config, n_boot=20, **QUIET)

@@ -133,7 +133,7 @@ def test_extra_sources_are_refused_with_crops_and_with_clashing_names(tmp_path):
         load_config(None, ["data.extra_sources=/a/isic2019,/b/isic2019"])
     config = load_config(None, ["data.extra_sources=$QANA_NO_SUCH_DIR"])  # a recorded config still loads
     with pytest.raises(ConfigError, match=r"\$QANA_NO_SUCH_DIR names an unset environment variable; set it"):
-        from qana_keras.train import check_start
+        from qana_keras.training.train import check_start
 
         check_start(config)
 
@@ -143,7 +143,7 @@ def test_training_with_an_extra_source_reports_its_validation_apart(tmp_path):
     from test_train import tiny_config
 
     from qana_keras.io import read_json
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=1)
     rows = [(f"ISIC_{i:07d}", ("NV", "MEL", "BKL")[i % 3], f"MSK4_{i // 2}") for i in range(1, 61)]

@@ -7,8 +7,8 @@ from fixtures import QUIET, TINY_QANA, random_images, write_pad_ufes_fixture, wr
 
 from qana_keras import CLASSES
 from qana_keras.io import RunFolderError, read_json, write_json
-from qana_keras.learn import LearnConfig, LearnError, class_incremental, patient_split
-from qana_keras.readout import (class_sample_weights, fit_readout, quantize_readout, read_readout, split_readout,
+from qana_keras.onchip.learn import LearnConfig, LearnError, class_incremental, patient_split
+from qana_keras.onchip.readout import (class_sample_weights, fit_readout, quantize_readout, read_readout, split_readout,
                                 write_readout)
 
 K = len(CLASSES)
@@ -47,7 +47,7 @@ def test_quantized_readout_follows_the_float_readout():
 
 
 def test_readout_of_the_akida_model_is_emulated_exactly(tiny_akida):
-    from qana_keras.readout import backbone_features
+    from qana_keras.onchip.readout import backbone_features
     from qana_keras.runtime.load import predict_logits
 
     backbone, dense, dequantizer = split_readout(tiny_akida)
@@ -62,7 +62,7 @@ def test_readout_of_the_akida_model_is_emulated_exactly(tiny_akida):
 def test_written_readout_runs_on_akida_and_can_grow(tiny_akida, tmp_path):
     import akida
 
-    from qana_keras.readout import backbone_features
+    from qana_keras.onchip.readout import backbone_features
     from qana_keras.runtime.load import predict_logits
 
     x = random_images(32, seed=2)
@@ -148,7 +148,7 @@ def test_class_incremental_run_writes_the_last_step_into_the_akida_model(tmp_pat
 
     from qana_keras.config import ModelConfig
     from qana_keras.conversion.quantize import quantize_for_akida, to_akida
-    from qana_keras.learn import learn_run
+    from qana_keras.onchip.learn import learn_run
     from qana_keras.models.qana import build_model
 
     base = ["akiec", "bcc", "bkl", "mel", "nv"]
@@ -183,7 +183,7 @@ def tiny_run(tmp_path_factory, tiny_akida):
 
 
 def test_learn_run_domain_and_new_class(tiny_run):
-    from qana_keras.learn import learn_run
+    from qana_keras.onchip.learn import learn_run
 
     run, pad = tiny_run
     results = learn_run(run, pad_root=pad, config=LearnConfig(C=1.0, verify_ham=5), batch_size=16, **QUIET)
@@ -216,7 +216,7 @@ def test_learn_run_domain_and_new_class(tiny_run):
 
 def test_class_incremental_refuses_a_backbone_that_saw_every_class(tiny_run, capsys):
     from qana_keras.cli import main
-    from qana_keras.learn import learn_run
+    from qana_keras.onchip.learn import learn_run
 
     run, pad = tiny_run
     with pytest.raises(LearnError, match="already seen vasc and df"):
@@ -232,7 +232,7 @@ def test_class_incremental_refuses_a_backbone_that_saw_every_class(tiny_run, cap
 
 
 def test_metrics_average_over_the_classes_present():
-    from qana_keras.learn import _metrics
+    from qana_keras.onchip.learn import _metrics
 
     names = list(CLASSES) + ["scc"]
     labels = np.array([0, 0, 1, 1])

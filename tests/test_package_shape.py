@@ -96,3 +96,46 @@ def test_the_package_imports_neither_scripts_nor_tests_nor_edits_sys_path():
         assert "sys.path" not in path.read_text(), path
         bad = [name for name in imported_names(path, module) if name.split(".")[0] in ("scripts", "tests")]
         assert not bad, f"{path} imports {bad}"
+
+
+# The allowed import direction: a module imports only modules of its own layer or of layers before it. Base
+# modules first, then loading (data, models, runtime), crops, the run folder, the pipeline stages in pipeline
+# order (a stage may use an earlier one: refit re-converts, evaluation converts and maps untrained designs),
+# reporting, and the command line last.
+LAYERS = [
+    ("qana_keras", "qana_keras.config", "qana_keras.io", "qana_keras.provenance", "qana_keras.metrics",
+     "qana_keras.markdown", "qana_keras.plots"),
+    ("qana_keras.data", "qana_keras.models", "qana_keras.runtime"),
+    ("qana_keras.crop",),
+    ("qana_keras.runs",),
+    ("qana_keras.training",),
+    ("qana_keras.conversion",),
+    ("qana_keras.refit",),
+    ("qana_keras.onchip",),
+    ("qana_keras.evaluation",),
+    ("qana_keras.reporting",),
+    ("qana_keras.commands",),
+    ("qana_keras.cli",),
+]
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the longest prefix naming ``module`` (the module or a package holding it)."""
+    best = None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
+                best = (i, name)
+    assert best is not None, f"{module} is in no layer of tests/test_package_shape.LAYERS: add it"
+    return best[0]
+
+
+def test_imports_run_one_way_only():
+    upward = [f"{a} -> {b}" for a, targets in import_graph(module_files()).items() for b in sorted(targets)
+              if layer_of(b) > layer_of(a)]
+    assert not upward, "imports against the layer order: " + "; ".join(upward)
+
+
+def test_the_layer_check_catches_an_upward_import():
+    assert layer_of("qana_keras.data.dataset") < layer_of("qana_keras.training.train")
+    assert layer_of("qana_keras.runs") > layer_of("qana_keras.crop.cache")

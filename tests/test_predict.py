@@ -76,7 +76,7 @@ def test_predict_h5_matches_the_keras_model(tmp_path, tiny_qana, image_folder):
     from qana_keras.data.cache import resize_image
     from qana_keras.data.images import read_rgb
     from qana_keras.metrics import softmax
-    from qana_keras.predict import predict_images
+    from qana_keras.evaluation.predict import predict_images
 
     h5 = tmp_path / "tiny_float.h5"
     tiny_qana.model.save(h5, save_format="h5")

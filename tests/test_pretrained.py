@@ -126,7 +126,7 @@ def test_backbone_learning_rate_scale_slows_only_the_backbone():
     import tensorflow as tf
 
     from qana_keras.models.qana import build_model
-    from qana_keras.train import BackboneScaledAdamW
+    from qana_keras.training.train import BackboneScaledAdamW
 
     model = build_model(ModelConfig(variant="lite0-b5", head_channels=8, pretrained=False), input_size=32)
     optimizer = BackboneScaledAdamW(learning_rate=1e-2, weight_decay=1e-2, prefix=pretrained.PREFIX, scale=0.0)

@@ -11,7 +11,7 @@ import pytest
 from fixtures import REPO, write_ham10000_fixture, write_pad_ufes_fixture
 
 from qana_keras import CLASSES
-from qana_keras.evaluate import evaluation_metrics
+from qana_keras.evaluation.evaluate import evaluation_metrics
 from qana_keras.io import read_json, write_json
 from qana_keras.markdown import ReportError, fmt_ci, replace_block, rewrite_block
 from qana_keras.reporting.ablations import ablation_result, fill_ablation_row, load_ablation, render_ablation
@@ -433,7 +433,7 @@ def test_evaluate_reproduces_the_committed_test_metrics_on_real_data(tmp_path):
     """qana evaluate of models/qana/qana_float.h5 on the real test split = metrics.json of training, intervals too."""
     from fixtures import real_data_dir
 
-    from qana_keras.evaluate import evaluate_model
+    from qana_keras.evaluation.evaluate import evaluate_model
 
     data = real_data_dir()
     if data is None:
@@ -453,7 +453,7 @@ def test_evaluate_reproduces_the_committed_test_metrics_on_real_data(tmp_path):
 def test_isic2018_images_are_their_own_lesions_unless_groupings_say_otherwise(tiny_models, tmp_path):
     from fixtures import write_isic2018_fixture
 
-    from qana_keras.evaluate import evaluate_model, load_dataset
+    from qana_keras.evaluation.evaluate import evaluate_model, load_dataset
 
     root, _, _ = tiny_models
     images, gt = write_isic2018_fixture(tmp_path / "isic", per_class=2, size=(32, 32))

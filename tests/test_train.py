@@ -25,7 +25,7 @@ def tiny_config(tmp_path, epochs=2) -> Config:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     tmp = tmp_path_factory.mktemp("train")
     config = tiny_config(tmp, epochs=3)
@@ -58,7 +58,7 @@ def test_selected_epoch_is_the_best_validation_macro_f1(trained):
 
 
 def test_existing_run_is_not_overwritten(trained):
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     tmp, config, _ = trained
     with pytest.raises(RunFolderError, match="already holds a run"):
@@ -67,7 +67,7 @@ def test_existing_run_is_not_overwritten(trained):
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     """Stop after epoch 1 (as a kill would), resume, and compare with a straight 2-epoch run."""
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=2)
     straight = train(tmp_path / "straight", config, log=lambda *_: None)
@@ -82,7 +82,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 def test_resume_without_a_run_is_refused(tmp_path):
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     with pytest.raises(RunFolderError, match="nothing to resume"):
         train(tmp_path / "none", resume=True, log=lambda *_: None)
@@ -93,7 +93,7 @@ def test_training_on_a_class_subset(tmp_path):
     import tf_keras as keras
 
     from qana_keras.data.dataset import load_splits
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=1)
     config.data.classes = ("mel", "nv", "akiec")
@@ -123,7 +123,7 @@ def test_fine_tuning_starts_from_the_given_weights(trained, tmp_path):
     import tf_keras as keras
 
     from qana_keras.models.qana import build_model
-    from qana_keras.train import load_initial_weights
+    from qana_keras.training.train import load_initial_weights
 
     tmp, config, _ = trained
     source = tmp / "run" / "qana_float.h5"

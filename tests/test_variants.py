@@ -14,7 +14,7 @@ import pytest
 from fixtures import write_ham10000_fixture
 
 import qana_keras  # noqa: F401
-from qana_keras import hardware_cost
+from qana_keras.evaluation import hardware_cost
 from qana_keras.config import ModelConfig, load_config
 from qana_keras.models import keras
 from qana_keras.models.qana import MODEL_BUILDERS, build_model

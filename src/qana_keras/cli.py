@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", help="rewrite the <!-- report:hardware-table:start/end --> block of this file")
     p.set_defaults(func=commands.cmd_hardware_table)
 
-    from qana_keras.evaluate import FORMATS  # light: no TensorFlow until a model is loaded
+    from qana_keras.evaluation.evaluate import FORMATS  # light: no TensorFlow until a model is loaded
 
     p = verbs.add_parser("evaluate", help="evaluate a .h5 or .fbz model on a HAM10000, PAD-UFES-20 or ISIC 2018 "
                                           "folder: metrics with lesion-bootstrap intervals, ROC, subgroups")
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "*LesionGroupings*.csv beside the ground truth, if there is one)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--min-units", type=int, help="subgroups with fewer lesions (patients) are flagged too few to "
-                                                 "judge (default 50, see qana_keras.subgroups)")
+                                                 "judge (default 50, see qana_keras.evaluation.subgroups)")
     p.add_argument("--no-figures", action="store_true", help="write the JSON only")
     p.set_defaults(func=commands.cmd_evaluate)
 
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=3.0, help="minimum timing per model and batch size")
     p.set_defaults(func=commands.cmd_bench)
 
-    from qana_keras.hardware_cost import MODELS  # light: TensorFlow is imported only when a model is built
+    from qana_keras.evaluation.hardware_cost import MODELS  # light: TensorFlow is imported only when a model is built
 
     p = verbs.add_parser("hardware-cost", help="params, MACs, NPs, passes and program size of every ablation and "
                                                "baseline on Akida 2.0, untrained (mapping does not depend on weights)")
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", metavar="JSON", help="only print (and --markdown) the table of the rows in JSON")
     p.set_defaults(func=commands.cmd_hardware_cost)
 
-    from qana_keras.head_fit import HeadConfig  # no TensorFlow
+    from qana_keras.refit.head_fit import HeadConfig  # no TensorFlow
 
     h = HeadConfig()
     p = verbs.add_parser("head", help="refit the classifier head on PCA-whitened embeddings of the frozen backbone "

@@ -101,7 +101,7 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from qana_keras.train import train
+    from qana_keras.training.train import train
 
     if args.resume:
         # A resumed run keeps the config it was started with: options that would change it are refused, not ignored.
@@ -136,14 +136,14 @@ def cmd_convert(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from qana_keras.deploy import deploy_run
+    from qana_keras.onchip.deploy import deploy_run
 
     deploy_run(args.run, device=args.device, bits=args.bits, quick=args.quick)
     return 0
 
 
 def cmd_export(args) -> int:
-    from qana_keras.export import export_run
+    from qana_keras.evaluation.export import export_run
 
     export_run(args.run, fmt=args.format, representative=args.representative, seed=args.seed,
                overwrite=args.overwrite, cache_dir=args.cache_dir, command=shlex.join(["qana", *args.argv]))
@@ -151,7 +151,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_hardware_table(args) -> int:
-    from qana_keras.hardware import write_hardware_table
+    from qana_keras.reporting.hardware import write_hardware_table
 
     write_hardware_table(args.models, args.out, readme=args.readme)
     return 0
@@ -162,7 +162,7 @@ EVALUATE_DATA_VARIABLES = {"ham10000": "QANA_DATA_DIR", "pad-ufes-20": "QANA_PAD
 
 
 def cmd_evaluate(args) -> int:
-    from qana_keras.evaluate import evaluate_to_json
+    from qana_keras.evaluation.evaluate import evaluate_to_json
 
     if args.ground_truth and args.format != "isic2018":
         print(f"error: --ground-truth is for --format isic2018; a {args.format} folder has its labels in its own "
@@ -186,7 +186,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from qana_keras.predict import (format_table, predict_images, report_skipped, write_csv,
+    from qana_keras.evaluation.predict import (format_table, predict_images, report_skipped, write_csv,
                                     write_predictions_json)
 
     result = predict_images(args.images, args.model, batch_size=args.batch_size)
@@ -238,14 +238,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from qana_keras.bench import bench_run
+    from qana_keras.evaluation.bench import bench_run
 
     bench_run(args.run, bits=args.bits, min_seconds=args.min_seconds)
     return 0
 
 
 def cmd_hardware_cost(args) -> int:
-    from qana_keras.hardware_cost import MODELS, cost_rows
+    from qana_keras.evaluation.hardware_cost import MODELS, cost_rows
     from qana_keras.io import atomic_write_text, read_json, write_json
     from qana_keras.reporting.studies import hardware_cost_table
 
@@ -265,8 +265,8 @@ def cmd_hardware_cost(args) -> int:
 
 
 def cmd_head(args) -> int:
-    from qana_keras.head import head_run
-    from qana_keras.head_fit import HeadConfig, HeadError
+    from qana_keras.refit.head import head_run
+    from qana_keras.refit.head_fit import HeadConfig, HeadError
 
     config = HeadConfig(embedding=args.embedding, components=args.components, sampler=args.sampler,
                         ratio=args.ratio, noise=args.noise, C=args.C, class_weight=args.class_weight,
@@ -281,7 +281,7 @@ def cmd_head(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from qana_keras.calibrate import calibrate_run
+    from qana_keras.refit.calibrate import calibrate_run
 
     calibrate_run(args.run, objective=args.objective, fit_on=args.fit_on, bits=args.bits,
                   requantize=args.requantize, overwrite=args.overwrite)
@@ -290,7 +290,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_crop(args) -> int:
     from qana_keras.config import load_config
-    from qana_keras.crop.study import crop_setup, evaluate_crops, format_report, split_table, write_overlays
+    from qana_keras.evaluation.crop_study import crop_setup, evaluate_crops, format_report, split_table, write_overlays
     from qana_keras.io import write_json
 
     if not args.json and not args.overlays:
@@ -322,7 +322,7 @@ def cmd_crop(args) -> int:
         print(f"wrote {args.json}")
     if args.overlays:
         from qana_keras.crop.saliency import load_saliency
-        from qana_keras.crop.study import load_classifier
+        from qana_keras.evaluation.crop_study import load_classifier
 
         classifier, size = load_classifier(setup["model_path"])
         meta = split_table(setup["data_dir"], args.split, setup["split_file"])
@@ -335,7 +335,7 @@ def cmd_crop(args) -> int:
 def _saliency_agreement(setup: dict, args) -> dict:
     """How far a second saliency model (e.g. the Akida .fbz of the float saliency model) agrees on the test split."""
     from qana_keras.crop.saliency import load_saliency
-    from qana_keras.crop.study import saliency_agreement, split_table
+    from qana_keras.evaluation.crop_study import saliency_agreement, split_table
 
     meta = split_table(setup["data_dir"], "test", setup["split_file"], args.max_images)
     agreement = saliency_agreement(meta, load_saliency(setup["saliency_path"], setup["method"], args.layer),
@@ -348,7 +348,7 @@ def _saliency_agreement(setup: dict, args) -> dict:
 
 
 def cmd_learn(args) -> int:
-    from qana_keras.learn import LearnConfig, LearnError, learn_run
+    from qana_keras.onchip.learn import LearnConfig, LearnError, learn_run
 
     config = LearnConfig(C=args.C, new_weight=args.new_weight, replay=not args.no_replay, seed=args.seed,
                          verify_ham=args.verify_ham)
@@ -361,7 +361,7 @@ def cmd_learn(args) -> int:
 
 
 def cmd_edge_learn(args) -> int:
-    from qana_keras.edge import EdgeConfig, EdgeError, edge_learn_run
+    from qana_keras.onchip.edge import EdgeConfig, EdgeError, edge_learn_run
 
     config = EdgeConfig(neurons_per_class=args.neurons_per_class, weight_factor=args.weight_factor,
                         learning_competition=args.competition, max_per_class=args.max_per_class,

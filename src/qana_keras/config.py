@@ -98,7 +98,7 @@ class TrainConfig:
     # Fine-tuning: start from the weights of this float model (.h5 of the same variant and input size) instead
     # of a random initialisation; "" = from scratch.
     init_from: str = ""
-    # Distillation: a teacher-ensemble target file (qana_keras.distill; scripts/teacher_targets.py) and the
+    # Distillation: a teacher-ensemble target file (qana_keras.training.distill; scripts/teacher_targets.py) and the
     # weight of its probabilities in the training target; "" = train on the labels alone.
     soft_targets: str = ""
     soft_target_weight: float = 0.5

@@ -21,7 +21,7 @@ from qana_keras.conversion.spike import AKIDA_V1_SPIKE_LAYERS, tune_spike_rate
 from qana_keras.io import atomic_path, write_json
 from qana_keras.runs import QUICK_MAX_IMAGES, QUICK_NOTE, QUICK_QAT_EPOCHS, RunFolder, precision_tag, quick_fields
 from qana_keras.runtime.load import HybridModel, load_keras_model, predict_logits, tail_model
-from qana_keras.safe_load import file_record
+from qana_keras.runtime.safe_load import file_record
 
 MAX_PTQ_TOP1_DROP = TARGETS["top1_drop"]
 

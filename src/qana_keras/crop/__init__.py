@@ -17,5 +17,5 @@ with a key that covers the source files, the crop parameters and the saliency mo
 Boxes are ``(x0, y0, x1, y1)`` in pixels of the original image, half-open.
 
 Modules: ``geometry`` (boxes, masks, cutting crops), ``saliency`` (the maps), ``cache`` (the training crops of
-``data.crop``), ``study`` (whole vs crop vs tiling evaluation, overlays).
+``data.crop``), and, in ``qana_keras.evaluation.crop_study``, the whole vs crop vs tiling evaluation and overlays.
 """

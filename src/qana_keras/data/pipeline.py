@@ -66,7 +66,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
     With ``training``, the order is shuffled and images augmented from (config.seed, epoch); with
     ``config.balanced_sampling`` the epoch draws images with probability inversely proportional to
     their class frequency (same epoch length), also seeded. ``targets`` (N, K) replaces the one-hot labels
-    (soft targets of a teacher, qana_keras.distill).
+    (soft targets of a teacher, qana_keras.training.distill).
     """
     n = len(images)
     if training:

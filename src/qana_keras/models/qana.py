@@ -93,7 +93,7 @@ def build_qana_akd1000(config: ModelConfig, input_size: int = 64, num_classes: i
     3x3 -> max-pool -> BN -> ReLU6 (same widths), then the spike transform as a fused separable conv
     -> BN -> ReLU1 quantized to **1 bit** (``SPIKE_LAYER``) and a Flatten -> Dense head for training.
     On the chip that head is replaced by an ``akida.FullyConnected`` layer trained with
-    ``AkidaUnsupervised`` (qana_keras.edge). Quantized to 4 bits (8-bit first layer); the default
+    ``AkidaUnsupervised`` (qana_keras.onchip.edge). Quantized to 4 bits (8-bit first layer); the default
     widths map on ``akida.AKD1000()`` in one hardware pass (74 of 78 NPs at 64x64).
     """
     inputs, x = _stem(config, input_size)

@@ -62,7 +62,7 @@ def fingerprint(entry: dict, n_boot: int) -> dict:
 def run_evaluations(plan: list[dict], out_dir: Path, cache_dir: str | None = None, force: bool = False,
                     n_boot: int = 1000, log=print) -> dict[str, dict]:
     """Evaluate every runnable plan entry into ``out_dir/<name>.json`` (+ PNGs), reusing matching results."""
-    from qana_keras.evaluate import evaluate_to_json
+    from qana_keras.evaluation.evaluate import evaluate_to_json
 
     results = {}
     for entry in plan:

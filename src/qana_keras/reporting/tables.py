@@ -127,7 +127,7 @@ def _per_class_table(e: dict) -> str:
 def subgroup_tables(e: dict, attributes: list[str] | None = None) -> str:
     sub = e["subgroups"]
     out = [f"Groups with fewer than {sub['min_units']} {sub['unit']} values are marked *too few to judge*: their "
-           "intervals are too wide to separate a real gap from chance (see `qana_keras.subgroups`). Macro metrics "
+           "intervals are too wide to separate a real gap from chance (see `qana_keras.evaluation.subgroups`). Macro metrics "
            "inside a group average the classes present in it. Groups differ in class mix (in HAM10000, follow-up cases "
            "are all nevi), so a gap between groups is not by itself a bias of the model."]
     for attribute, rows in sub["attributes"].items():

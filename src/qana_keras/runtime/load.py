@@ -1,5 +1,5 @@
 """The one model loader: any ``.h5`` (float or quantized Keras), ``.fbz`` (Akida) or hybrid (Akida prefix +
-float Keras tail), refused before loading when unsafe (``qana_keras.safe_load``), and ``predict_logits`` for all.
+float Keras tail), refused before loading when unsafe (``qana_keras.runtime.safe_load``), and ``predict_logits`` for all.
 
 TensorFlow is imported only when a model is loaded or run, so importing this module stays cheap.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qana_keras.safe_load import inside_folder, load_akida_model, load_keras_model, load_model_file, reports_naming
+from qana_keras.runtime.safe_load import inside_folder, load_akida_model, load_keras_model, load_model_file, reports_naming
 
 __all__ = ["HybridModel", "akida_logits", "conversion_report_for", "input_shape", "load_akida_model",
            "load_keras_model", "load_model_any", "predict_logits", "tail_model"]

@@ -130,7 +130,7 @@ def hardware_cost(model: keras.Model, variant: str, calibration: int = 32, seed:
 
 def mapping_cost(akida_model, r_succ: float | None = None, log=print) -> dict:
     """Mapping figures of a converted akida.Model on the standard devices (see the module docstring)."""
-    from qana_keras.deploy import NP_TYPES_NOT_NPS, VIRTUAL_DEVICES, virtual_device_report
+    from qana_keras.onchip.deploy import NP_TYPES_NOT_NPS, VIRTUAL_DEVICES, virtual_device_report
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

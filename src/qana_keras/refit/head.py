@@ -20,7 +20,7 @@ kernel; ``extract_embeddings`` undoes that scaling, so both kinds live in the fl
 and one folded kernel serves both. ``embedding="float"`` fits on the float model's embeddings (no
 quantization needed; what the saved float .h5 sees).
 
-The numbers (whitening, oversampling, the linear head, folding, head.npz) are in ``qana_keras.head_fit``; this
+The numbers (whitening, oversampling, the linear head, folding, head.npz) are in ``qana_keras.refit.head_fit``; this
 module reads the embeddings out of a model, writes the folded head back into it, and runs one fit on a run folder.
 
 Run folder artifacts (next to ``<variant>_float.h5``):
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from qana_keras.head_fit import HeadConfig, HeadError, fit_head, save_head
+from qana_keras.refit.head_fit import HeadConfig, HeadError, fit_head, save_head
 from qana_keras.io import RunFolderError, atomic_path, display_path, read_json, sha256_file
 
 if TYPE_CHECKING:  # TensorFlow is imported only where a model is touched: `qana --help` stays fast
@@ -233,7 +233,7 @@ def head_run(run_dir: str | Path, config: HeadConfig | None = None, overwrite: b
     if existing and not overwrite:
         raise RunFolderError(f"head artifacts already exist ({', '.join(existing)}); pass --overwrite to replace them")
 
-    from qana_keras.safe_load import load_keras_model
+    from qana_keras.runtime.safe_load import load_keras_model
 
     model = load_keras_model(paths["float"])
     data = data if data is not None else load_splits(run_config.data, log=log)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from qana_keras.devices import NO_BOARD_NOTE, STANDARD_DEVICES
+from qana_keras.runtime.devices import NO_BOARD_NOTE, STANDARD_DEVICES
 from qana_keras.io import atomic_write_text, read_classes, read_json, write_json
 from qana_keras.plots import plot_accuracy_vs_cost
 from qana_keras.runs import precision_suffix
-from qana_keras.safe_load import inside_folder, load_akida_model, reports_naming
+from qana_keras.runtime.safe_load import inside_folder, load_akida_model, reports_naming
 
 BLOCK = "report:hardware-table"
 
@@ -144,7 +144,7 @@ def tflite_export(fbz: Path) -> dict | None:
 
 def model_entry(fbz: Path, root: Path) -> dict:
     """The table's record for one ``.fbz``: IP, MACs, classes, every standard device, compute_min_device, board."""
-    from qana_keras.devices import device_reports, ip_of, min_device_report
+    from qana_keras.runtime.devices import device_reports, ip_of, min_device_report
 
     model = load_akida_model(fbz)
     classes = read_classes(fbz.parent)

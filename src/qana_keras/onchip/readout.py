@@ -1,5 +1,5 @@
 """The readout of an Akida 2.0 model: its integer features, a host logistic-regression refit, and the refitted
-readout quantized the way the Akida Dense1D computes and written back into the model (see ``qana_keras.learn``)."""
+readout quantized the way the Akida Dense1D computes and written back into the model (see ``qana_keras.onchip.learn``)."""
 from __future__ import annotations
 
 import time

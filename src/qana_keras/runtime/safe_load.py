@@ -142,7 +142,7 @@ def _check_config(config: dict, path: Path) -> dict:
         if class_name not in ALLOWED_LAYERS:
             raise ArtifactError(f"{path}: layer {name!r} is a {class_name} layer; refused before loading: only the "
                                 "project's layer classes are allowed (tf_keras built-ins of qana_keras.models and "
-                                "their quantizeml versions; see qana_keras.safe_load.ALLOWED_LAYERS)")
+                                "their quantizeml versions; see qana_keras.runtime.safe_load.ALLOWED_LAYERS)")
     if lambdas:
         raise ArtifactError(f"{path}: its model config holds a serialised Python function; refused before loading: "
                             "only the project's layer classes are allowed")

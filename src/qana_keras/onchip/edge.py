@@ -198,7 +198,7 @@ def class_incremental(model_path: Path, work: Path, data, base: list[str], num_w
 def ham_then_pad(model_path: Path, data, pad, num_weights: int, config: EdgeConfig, grow: bool,
                  log=print) -> dict:
     """Learn all 7 HAM10000 classes on the chip, then PAD-UFES-20 training patients (SCC as an 8th class if ``grow``)."""
-    from qana_keras.learn import NEW_CLASS, patient_split
+    from qana_keras.onchip.learn import NEW_CLASS, patient_split
 
     rng = np.random.default_rng(config.seed)
     train, test = data["train"], data["test"]
@@ -246,7 +246,7 @@ def markdown(result: dict) -> str:
              f"learning competition {result['config']['learning_competition']}.", ""]
     ci = result["protocols"].get("class-incremental")
     if ci:
-        from qana_keras.learn import class_incremental_table
+        from qana_keras.onchip.learn import class_incremental_table
 
         lines += [f"## Class-incremental (base {', '.join(ci['base_classes'])}: test accuracy "
                   f"{ci['base_test']['accuracy'] * 100:.2f}, macro-F1 {ci['base_test']['macro_f1'] * 100:.2f})", "",
@@ -274,8 +274,8 @@ def edge_learn_run(run_dir: str | Path, protocols=PROTOCOLS, pad_root: str | Pat
     """Run the on-chip learning protocols on ``run_dir``'s Akida 1.0 model; write edge_learning.json/.md."""
     import akida
 
-    from qana_keras.deploy import map_to_device
-    from qana_keras.learn import _check_classes, _pad_table
+    from qana_keras.onchip.deploy import map_to_device
+    from qana_keras.onchip.learn import _check_classes, _pad_table
 
     began = time.perf_counter()
     config = config or EdgeConfig()

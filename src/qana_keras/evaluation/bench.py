@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from qana_keras.safe_load import load_keras_model
+from qana_keras.runtime.safe_load import load_keras_model
 
 BATCH_SIZES = (1, 100)
 

@@ -29,7 +29,7 @@ from qana_keras import CLASSES
 from qana_keras.config import Config, load_config
 from qana_keras.data.dataset import run_classes
 from qana_keras.data.pipeline import class_weights, make_dataset
-from qana_keras.distill import mixed_targets, read_soft_targets
+from qana_keras.training.distill import mixed_targets, read_soft_targets
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
 from qana_keras.metrics import bootstrap_intervals, classification_metrics, confusion_bootstrap, macro_f1
 from qana_keras.models.pretrained import PREFIX as PRETRAINED_PREFIX

@@ -1,5 +1,5 @@
 """The embedding-space SMOTE head as numbers: PCA whitening, safe anchors, oversampling with a local
-perturbation, a logistic-regression head, and its folding into one Dense layer (``qana_keras.head`` has the
+perturbation, a logistic-regression head, and its folding into one Dense layer (``qana_keras.refit.head`` has the
 formula and the run). NumPy, scikit-learn and imbalanced-learn only: no TensorFlow.
 """
 from __future__ import annotations

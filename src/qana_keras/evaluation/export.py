@@ -103,9 +103,9 @@ def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: in
 
     from qana_keras.config import load_config
     from qana_keras.data.dataset import load_splits, run_classes
-    from qana_keras.progress import run_with_progress
-    from qana_keras.evaluate import cache_dir_for
-    from qana_keras.safe_load import file_record, load_keras_model, load_tflite_model
+    from qana_keras.runtime.progress import run_with_progress
+    from qana_keras.evaluation.evaluate import cache_dir_for
+    from qana_keras.runtime.safe_load import file_record, load_keras_model, load_tflite_model
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use --format {' or '.join(FORMATS)}")

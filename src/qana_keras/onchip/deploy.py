@@ -1,6 +1,6 @@
 """Run a converted model: on an Akida board if there is one, else map it to a virtual device and simulate.
 
-The device (``--device``, see ``qana_keras.devices``) defaults to a board found by ``akida.devices()``, else the
+The device (``--device``, see ``qana_keras.runtime.devices``) defaults to a board found by ``akida.devices()``, else the
 smallest standard device that runs the model in one hardware pass. ``deploy_run`` writes to the run folder:
   deploy.json      the device used, the mapping on every standard device, and the board figures or
                    "not measured on a chip" (``chip_measurements``)
@@ -19,10 +19,10 @@ import numpy as np
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 from qana_keras import CLASSES
-from qana_keras.devices import NO_BOARD_NOTE, NP_TYPES_NOT_NPS, mapping_summary  # noqa: F401  (scripts import them)
+from qana_keras.runtime.devices import NO_BOARD_NOTE, NP_TYPES_NOT_NPS, mapping_summary  # noqa: F401  (scripts import them)
 from qana_keras.io import atomic_write_text, write_json
 from qana_keras.metrics import FIDELITY_TARGETS
-from qana_keras.progress import run_with_progress
+from qana_keras.runtime.progress import run_with_progress
 from qana_keras.runs import QUICK_MAX_IMAGES, QUICK_NOTE, RunFolder, quick_fields
 from qana_keras.runtime.load import HybridModel, predict_logits
 
@@ -36,7 +36,7 @@ TARGETS = {"top1_drop_pt": FIDELITY_TARGETS["top1_drop"] * 100, "macro_f1_drop_p
 
 
 # --------------------------------------------------------------------------------------------------
-# Mapping (the standard-device logic is in qana_keras.devices; these keep the 2.0-only report of scripts)
+# Mapping (the standard-device logic is in qana_keras.runtime.devices; these keep the 2.0-only report of scripts)
 
 
 def map_to_device(model, device, name: str) -> dict:
@@ -194,7 +194,7 @@ def fidelity_markdown(report: dict, title: str) -> str:
 def run_on_board(model, board, images: np.ndarray, batch_size: int = 100, repeats: int = 5,
                  log=print) -> tuple[np.ndarray, dict]:
     """Map to ``board``, measure latency/power/energy (``devices.measure_board``), then the logits of ``images``."""
-    from qana_keras.devices import DeviceError, MapError, map_hw, measure_board
+    from qana_keras.runtime.devices import DeviceError, MapError, map_hw, measure_board
 
     akida_model = model.akida_model if isinstance(model, HybridModel) else model
     try:
@@ -231,7 +231,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     """
     import akida
 
-    from qana_keras.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
+    from qana_keras.runtime.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
                                     min_device_report, not_measured, parse_device)
     from qana_keras.runtime.load import load_keras_model
 

@@ -35,8 +35,8 @@ import numpy as np
 
 from qana_keras import CLASSES
 from qana_keras.io import atomic_path, atomic_write_text, read_classes, sha256_file, write_json
-from qana_keras.progress import run_with_progress
-from qana_keras.readout import (IntegerReadout, LearnError, _float_readout, backbone_features, class_sample_weights,
+from qana_keras.runtime.progress import run_with_progress
+from qana_keras.onchip.readout import (IntegerReadout, LearnError, _float_readout, backbone_features, class_sample_weights,
                                 fit_readout, quantize_readout, read_readout, split_readout, write_readout)
 from qana_keras.runs import RunFolder
 from qana_keras.runtime.load import load_akida_model
@@ -251,7 +251,7 @@ def class_incremental(features: dict, labels: dict, base: list[str], config: Lea
 
 
 def class_incremental_table(rows: list[dict]) -> str:
-    """Markdown table of class-incremental rows (one per shot count and step); shared with qana_keras.edge."""
+    """Markdown table of class-incremental rows (one per shot count and step); shared with qana_keras.onchip.edge."""
     lines = ["| shots | step | new-class recall | accuracy (known classes) | macro-F1 (known) | base accuracy "
              "before -> after |", "|---|---|---:|---:|---:|---|"]
     for r in rows:

@@ -25,7 +25,7 @@ import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 from qana_keras import CLASSES
 from qana_keras.io import write_json
-from qana_keras.progress import run_with_progress
+from qana_keras.runtime.progress import run_with_progress
 from qana_keras.runtime.load import input_shape, load_model_any
 
 FORMATS = ("ham10000", "pad-ufes-20", "isic2018")
@@ -244,7 +244,7 @@ def evaluation_metrics(meta, logits: np.ndarray, fmt: str = "ham10000", group_by
     """
     from qana_keras.metrics import (auc_bootstrap, classification_metrics, confusion_bootstrap,
                                     metrics_from_confusion, roc_curves, softmax)
-    from qana_keras.subgroups import MIN_UNITS, attributes_for, subgroup_report
+    from qana_keras.evaluation.subgroups import MIN_UNITS, attributes_for, subgroup_report
 
     column = group_by or GROUP_COLUMNS[fmt]
     if fmt == "isic2018" and group_by is None and "lesion_id" in meta.columns:

@@ -101,7 +101,7 @@ def _predict_probs(model, images: np.ndarray) -> np.ndarray:
 def split_table(data_dir, split: str, split_file, max_images: int = 0, seed: int = 0):
     """Metadata rows of one split of the lesion-level split file (optionally a class-stratified subset)."""
     from qana_keras.data.dataset import _subset
-    from qana_keras.evaluate import load_dataset
+    from qana_keras.evaluation.evaluate import load_dataset
 
     meta = load_dataset(data_dir, "ham10000", split, split_file)
     return _subset(meta, max_images, seed).reset_index(drop=True)
@@ -244,7 +244,7 @@ def crop_setup(model_path, saliency_model=None, saliency=None, baseline=None, th
     its ``data.crop_model``; for a whole-image classifier, to the classifier itself.
     """
     from qana_keras.config import Config, load_config
-    from qana_keras.evaluate import cache_dir_for
+    from qana_keras.evaluation.evaluate import cache_dir_for
 
     model_path = Path(model_path)
     config_path = model_path.parent / "config.yaml"

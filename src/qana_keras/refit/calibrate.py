@@ -167,7 +167,7 @@ def plot_reliability(panels: dict[str, dict], path: str | Path) -> None:
 
 def add_to_dense_bias(model, offsets: np.ndarray):
     """A copy of the float ``model`` whose ``head/dense`` bias is increased by ``offsets``."""
-    from qana_keras.head import DENSE_LAYER, HeadError, with_dense
+    from qana_keras.refit.head import DENSE_LAYER, HeadError, with_dense
 
     try:
         kernel, bias = model.get_layer(DENSE_LAYER).get_weights()
@@ -183,7 +183,7 @@ def add_offsets_to_quantized(qmodel, offsets: np.ndarray) -> None:
     quantizeml stores float weights and quantizes them at call time, so the converter quantizes the
     new bias exactly as it would the original one; the rest of the model is untouched.
     """
-    from qana_keras.head import DENSE_LAYER
+    from qana_keras.refit.head import DENSE_LAYER
 
     layer = qmodel.get_layer(DENSE_LAYER)
     bias = [w for w in layer.weights if w.name.split("/")[-1].startswith("bias")]
@@ -241,7 +241,7 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     """
     from qana_keras.conversion.quantize import quantize_for_akida, to_akida
     from qana_keras.conversion.run import _calibration_indices
-    from qana_keras.progress import run_with_progress
+    from qana_keras.runtime.progress import run_with_progress
     from qana_keras.runtime.load import HybridModel, load_keras_model, predict_logits
 
     began = time.perf_counter()
