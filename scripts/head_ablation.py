@@ -35,7 +35,8 @@ import qana_keras  # noqa: F401
 
 from qana_keras import CLASSES
 from qana_keras.config import load_config
-from qana_keras.refit.head import DENSE_LAYER, calibration_indices, head_paths, run_embeddings, with_dense
+from qana_keras.refit.head import DENSE_LAYER, calibration_indices, run_embeddings, with_dense
+from qana_keras.runs import artifact_paths
 from qana_keras.refit.head_fit import HeadConfig, fit_head, fit_whitening
 from qana_keras.io import atomic_path, write_json
 from qana_keras.metrics import (bootstrap_intervals, classification_metrics, macro_f1,
@@ -62,7 +63,7 @@ def cache_key(model_path: Path, data, config: HeadConfig) -> str:
 
 def load_embeddings(run_dir: Path, model, data, variant: str, config: HeadConfig, cache: Path | None, log) -> dict:
     """Float and quantized embeddings of every split, from ``cache`` when it was made from the same inputs."""
-    key = cache_key(head_paths(run_dir, variant)["float"], data, config)
+    key = cache_key(artifact_paths(run_dir, variant)["float"], data, config)
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as f:
             if str(f["key"]) == key:
@@ -203,7 +204,6 @@ def main() -> None:
                              "picked on validation data)")
     args = parser.parse_args()
 
-    from qana_keras.runs import artifact_paths
     from qana_keras.runs import load_splits
 
     began = time.perf_counter()
@@ -211,7 +211,7 @@ def main() -> None:
     run_config = load_config(run_dir / "config.yaml")
     variant = run_config.model.variant
     default = with_overrides(HeadConfig(), args.set)
-    model = load_keras_model(head_paths(run_dir, variant)["float"])
+    model = load_keras_model(artifact_paths(run_dir, variant)["float"])
     data = load_splits(run_config.data)
     emb = load_embeddings(run_dir, model, data, variant, default, Path(args.cache) if args.cache else None, print)
     y = {s: d.labels for s, d in data.items()}

@@ -305,7 +305,9 @@ def cmd_crop(args) -> int:
         if args.run is None:
             print("error: pass --run RUN or --model PATH", file=sys.stderr)
             return 2
-        model = str(Path(args.run) / f"{load_config(Path(args.run) / 'config.yaml').model.variant}_float.h5")
+        from qana_keras.runs import RunFolder
+
+        model = str(RunFolder.open(args.run, f"train a model there first (`qana train --run {args.run}`)").float_model())
     setup = crop_setup(model, args.saliency_model, args.saliency, args.baseline, args.threshold, args.margin,
                        args.data, args.split_file, args.cache_dir, args.mask_dir)
     trained_on = setup.pop("classifier_trained_on")

@@ -38,7 +38,7 @@ import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras.refit.head_fit import HeadConfig, HeadError, fit_head, save_head
-from qana_keras.io import RunFolderError, atomic_path, display_path, read_json, sha256_file
+from qana_keras.io import atomic_path, display_path, read_json, sha256_file
 
 if TYPE_CHECKING:  # TensorFlow is imported only where a model is touched: `qana --help` stays fast
     import tf_keras as keras
@@ -177,12 +177,6 @@ def with_dense(model: keras.Model, kernel: np.ndarray, bias: np.ndarray) -> kera
 # One run
 
 
-def head_paths(run_dir: str | Path, variant: str) -> dict[str, Path]:
-    run_dir = Path(run_dir)
-    return {"float": run_dir / f"{variant}_float.h5", "npz": run_dir / "head.npz", "json": run_dir / "head.json",
-            "model": run_dir / f"{variant}_head_float.h5"}
-
-
 def run_embeddings(model: keras.Model, data: dict, variant: str, kinds, config: HeadConfig, log=print) -> dict:
     """{kind: {split: (N, D) embeddings}} for the float and/or quantized backbone, all splits."""
     out = {}
@@ -216,27 +210,19 @@ def head_run(run_dir: str | Path, config: HeadConfig | None = None, overwrite: b
     head to the quantized backbone's embeddings (what the Akida dense layer reads) in float, i.e.
     before the dense weights are themselves quantized. ``data`` overrides loading the run's splits.
     """
-    from qana_keras.config import load_config
-    from qana_keras.runs import load_splits
+    from qana_keras.runs import RunFolder
+    from qana_keras.runtime.safe_load import load_keras_model
 
     began = time.perf_counter()
     config = (config or HeadConfig()).validate()
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise RunFolderError(f"{run_dir}: no config.yaml; train a model there first (`qana train --run {run_dir}`)")
-    run_config = load_config(run_dir / "config.yaml")
-    variant = run_config.model.variant
-    paths = head_paths(run_dir, variant)
-    if not paths["float"].exists():
-        raise FileNotFoundError(f"{paths['float']} not found; the run has not saved a float model yet")
-    existing = [str(p) for key, p in paths.items() if key != "float" and p.exists()]
-    if existing and not overwrite:
-        raise RunFolderError(f"head artifacts already exist ({', '.join(existing)}); pass --overwrite to replace them")
-
-    from qana_keras.runtime.safe_load import load_keras_model
-
+    run = RunFolder.open(run_dir, f"train a model there first (`qana train --run {run_dir}`)")
+    variant = run.variant
+    paths = run.head_artifacts()
+    run.float_model()  # FileNotFoundError before any work
+    run.refuse_overwrite([p for key, p in paths.items() if key != "float"], overwrite, "head")
     model = load_keras_model(paths["float"])
-    data = data if data is not None else load_splits(run_config.data, log=log)
+    data = data if data is not None else run.splits(log=log)
     kinds = ["float"] + (["quantized"] if config.embedding == "quantized" else [])
     embeddings = run_embeddings(model, data, variant, kinds, config, log)
     head = fit_head(embeddings[config.embedding]["train"], data["train"].labels, config)
