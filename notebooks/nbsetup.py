@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,18 @@ import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras.config import REPO_ROOT as REPO
 from qana_keras.config import Config, DataConfig, ModelConfig, load_config
 from qana_keras.io import display_path
+
+# tf_keras warns on every .h5 save, naming its own file in the virtualenv: the format is chosen on purpose (the
+# checked loader reads .h5 only), and the notebooks' outputs should not carry a machine's paths.
+warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file", category=UserWarning)
+
+
+def _warning_without_path(message, category, filename, lineno, line=None) -> str:
+    """Other warnings (scikit-learn's convergence notes, ...) stay visible, without the library file's full path."""
+    return f"{category.__name__} ({Path(filename).name}:{lineno}): {message}\n"
+
+
+warnings.formatwarning = _warning_without_path
 
 REFERENCE = REPO / "models" / "qana"
 AKD1000_REFERENCE = REPO / "models" / "qana-akd1000"  # the 5-class Akida 1.0 model that learns on the chip

@@ -18,7 +18,7 @@ from qana_keras.conversion import AKIDA_V1_VARIANTS, HARDWARE_NATIVE, Conversion
 from qana_keras.conversion.qat import TARGETS, _public, _val_scores, quantization_aware_finetune, target_gap
 from qana_keras.conversion.quantize import integer_completeness, quantize_for_akida, to_akida
 from qana_keras.conversion.spike import AKIDA_V1_SPIKE_LAYERS, tune_spike_rate
-from qana_keras.io import atomic_path, write_json
+from qana_keras.io import atomic_path, display_path, write_json
 from qana_keras.runs import QUICK_MAX_IMAGES, QUICK_NOTE, QUICK_QAT_EPOCHS, RunFolder, precision_tag, quick_fields
 from qana_keras.runtime.load import HybridModel, load_keras_model, predict_logits, tail_model
 from qana_keras.runtime.safe_load import file_record
@@ -191,7 +191,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
                     "total": round(time.perf_counter() - began, 1)},
     }
     write_json(paths["report"], report)
-    log(f"wrote {paths['quantized'].name}, {paths['akida'].name}, {paths['report'].name} in {run_dir} "
+    log(f"wrote {paths['quantized'].name}, {paths['akida'].name}, {paths['report'].name} in {display_path(run_dir)} "
         f"({report['seconds']['total']:.0f}s)")
     if quick:
         log(QUICK_NOTE)

@@ -61,7 +61,7 @@ def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data
     """Benchmark the three models of ``run_dir`` on its test images; writes bench.json."""
     import tf_keras as keras
 
-    from qana_keras.io import write_json
+    from qana_keras.io import display_path, write_json
     from qana_keras.runs import RunFolder, precision_tag
 
     run_dir = Path(run_dir)
@@ -95,7 +95,7 @@ def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data
     if max(load_before[0], load_after[0]) > (os.cpu_count() or 1):
         log(f"warning: load average {max(load_before[0], load_after[0]):.1f} on {os.cpu_count()} CPUs: other "
             "processes competed for the CPU; re-run on an idle machine for figures to quote")
-    log(f"wrote {bench_json}")
+    log(f"wrote {display_path(bench_json)}")
     return out
 
 

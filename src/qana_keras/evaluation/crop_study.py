@@ -13,7 +13,7 @@ from qana_keras import CLASSES
 from qana_keras.crop.geometry import (MASK_DIR, CropParams, box_iou, centred, crop_images, image_shapes, mask_boxes,
                                       saliency_boxes, salient_box, tile_boxes, upsample_map)
 from qana_keras.data.images import read_rgb
-from qana_keras.io import atomic_path
+from qana_keras.io import atomic_path, display_path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,5 +418,5 @@ def write_overlays(out_dir, meta, saliency, params: CropParams, mask_dir, size: 
             fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")  # "tight" keeps the legend above
         plt.close(fig)
         written.append(path)
-    log(f"wrote {len(written)} overlay PNGs into {out_dir}")
+    log(f"wrote {len(written)} overlay PNGs into {display_path(out_dir)}")
     return written

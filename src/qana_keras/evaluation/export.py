@@ -22,7 +22,7 @@ import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
-from qana_keras.io import RunFolderError, atomic_path, write_json
+from qana_keras.io import RunFolderError, atomic_path, display_path, write_json
 
 FORMATS = ("tflite",)
 EXPORT_REPORT = "export.json"
@@ -133,7 +133,7 @@ def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: in
     convert_seconds = time.perf_counter() - t0
     with atomic_path(paths["tflite"]) as tmp:
         tmp.write_bytes(content)
-    log(f"wrote {paths['tflite']} ({len(content):,} bytes, {convert_seconds:.0f} s)")
+    log(f"wrote {display_path(paths['tflite'])} ({len(content):,} bytes, {convert_seconds:.0f} s)")
 
     tflite = load_tflite_model(paths["tflite"], verify=False)  # the report with its checksum is not written yet
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 from qana_keras import CLASSES
 from qana_keras.runtime.devices import NO_BOARD_NOTE, NP_TYPES_NOT_NPS, mapping_summary  # noqa: F401  (scripts import them)
-from qana_keras.io import atomic_write_text, write_json
+from qana_keras.io import atomic_write_text, display_path, write_json
 from qana_keras.metrics import FIDELITY_TARGETS
 from qana_keras.runtime.progress import run_with_progress
 from qana_keras.runs import QUICK_MAX_IMAGES, QUICK_NOTE, RunFolder, quick_fields
@@ -314,7 +314,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
         f"{fidelity['argmax_agreement']['akida_vs_float']:.4f}; "
         f"targets {'NOT met: ' + ', '.join(missed) if missed else 'met'}")
     log(f"wrote {', '.join(run.tagged(n, bits).name for n in ('fidelity.json', 'fidelity.md', 'deploy.json'))} in "
-        f"{run_dir}")
+        f"{display_path(run_dir)}")
     if quick:
         log(QUICK_NOTE)
     return out

@@ -30,7 +30,7 @@ from scipy.special import log_softmax
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras import CLASSES
-from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, write_json
+from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, display_path, write_json
 from qana_keras.runs import RunFolder
 
 OBJECTIVES = ("macro_f1", "balanced_accuracy")
@@ -339,5 +339,5 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     t = table
     log(f"test macro-F1 float {t['float']['macro_f1']:.4f} -> {t['float + offsets']['macro_f1']:.4f}, Akida "
         f"{t['Akida']['macro_f1']:.4f} -> {t['Akida + offsets (on chip)']['macro_f1']:.4f}; wrote "
-        f"{', '.join(p.name for p in paths.values())} in {run_dir} ({report['seconds']:.0f}s)")
+        f"{', '.join(p.name for p in paths.values())} in {display_path(run_dir)} ({report['seconds']:.0f}s)")
     return report
