@@ -80,3 +80,22 @@ def test_evaluate_data_default_follows_the_format(tmp_path, monkeypatch, capsys)
     monkeypatch.delenv("QANA_DATA_DIR")
     assert run() == 2 and "pass --data DIR or set QANA_DATA_DIR" in capsys.readouterr().err
     assert len(seen) == 3
+
+
+def test_every_option_of_every_verb_has_help_text():
+    import argparse
+
+    from qana_keras.cli import build_parser
+
+    missing = []
+
+    def walk(parser, words):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*words, name])
+            elif action.dest != "help" and not action.help:
+                missing.append(f"{' '.join(words)} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), ["qana"])
+    assert not missing, f"options without help text: {missing}"

@@ -135,11 +135,6 @@ class RunFolder:
         return {"float": self.artifacts()["float"], "npz": self.path / "head.npz", "json": self.path / "head.json",
                 "model": self.path / f"{self.variant}_head_float.h5"}
 
-    def export_artifacts(self) -> dict[str, Path]:
-        """What ``qana export`` reads (``float``) and writes (the int8 TFLite model and export.json)."""
-        return {"float": self.artifacts()["float"], "tflite": self.path / f"{self.variant}_int8.tflite",
-                "report": self.path / "export.json"}
-
     def learn_artifacts(self, protocol: str) -> dict[str, Path]:
         """Report and model of one ``qana learn`` protocol."""
         return {"json": self.path / f"learn_{protocol}.json", "md": self.path / f"learn_{protocol}.md",

@@ -303,7 +303,8 @@ def format_report(report: dict, split: str = "test") -> str:
 
     r = report[split]
     lines = [f"{split}: {r['n_images']} images, {r['n_lesions']} lesions; saliency {report['saliency']} "
-             f"({report['saliency_layer']}) of {report['saliency_model']}; classifier {report['classifier']}"]
+             f"({report['saliency_layer']}) of {display_path(report['saliency_model'])}; "
+             f"classifier {display_path(report['classifier'])}"]
     for name, d in r["iou"].items():
         if name.startswith("per_class"):
             lines.append("  mean IoU per class: " + ", ".join(f"{c} {v:.3f}" for c, v in d.items() if v is not None))

@@ -70,7 +70,9 @@ def to_int8_tflite(model, representative: np.ndarray) -> bytes:
 
 def export_paths(run_dir: Path, variant: str) -> dict[str, Path]:
     """The float model a TFLite export reads and what it writes."""
-    return {"float": run_dir / f"{variant}_float.h5", "tflite": run_dir / f"{variant}_int8.tflite",
+    from qana_keras.runs import artifact_paths
+
+    return {"float": artifact_paths(run_dir, variant)["float"], "tflite": run_dir / f"{variant}_int8.tflite",
             "report": run_dir / EXPORT_REPORT}
 
 

@@ -275,13 +275,11 @@ def edge_learn_run(run_dir: str | Path, protocols=PROTOCOLS, pad_root: str | Pat
     import akida
 
     from qana_keras.onchip.deploy import map_to_device
-    from qana_keras.onchip.learn import _check_classes, _pad_table
+    from qana_keras.onchip.learn import _check_classes, _pad_table, check_protocols
 
     began = time.perf_counter()
     config = config or EdgeConfig()
-    unknown = [p for p in protocols if p not in PROTOCOLS]
-    if unknown:
-        raise ValueError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
+    check_protocols(protocols, PROTOCOLS)
     run_dir = Path(run_dir)
     run = RunFolder.open(run_dir, "train and convert a qana-akd1000 model there first")
     run_config = run.config

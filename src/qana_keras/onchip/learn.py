@@ -261,15 +261,20 @@ def class_incremental_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_protocols(protocols, known) -> None:
+    """ValueError naming the ``protocols`` not in ``known``."""
+    unknown = [p for p in protocols if p not in known]
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {unknown}; choose from {', '.join(known)}")
+
+
 def learn_run(run_dir: str | Path, protocols=("domain", "new-class"), pad_root: str | Path | None = None,
               config: LearnConfig | None = None, overwrite: bool = False, batch_size: int = 100, data=None,
               log=print) -> dict:
     """Run the readout-update protocols on ``run_dir``'s Akida model; write learn_<protocol>.json/.md/.fbz."""
     began = time.perf_counter()
     config = config or LearnConfig()
-    unknown = [p for p in protocols if p not in PROTOCOLS]
-    if unknown:
-        raise ValueError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
+    check_protocols(protocols, PROTOCOLS)
     run_dir = Path(run_dir)
     run = RunFolder.open(run_dir, "train and convert a model there first")
     run_config, variant = run.config, run.variant
