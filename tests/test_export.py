@@ -93,6 +93,14 @@ def test_bad_input_is_one_line_naming_the_file(exported, tmp_path, capsys):
     assert str(empty / "qana_float.h5") in err and "qana train" in err and err.count("\n") == 1
     assert main(["export", "--run", str(run), "--format", "onnx", "--overwrite"]) == 2
     assert "unknown export format 'onnx'; use --format tflite" in capsys.readouterr().err
+    other = run / "qana_calibrated_float.h5"  # another .h5 of the run is not its float model
+    shutil.copy(run / "qana_float.h5", other)
+    try:
+        assert main(["export", "--run", str(other), "--overwrite"]) == 2
+    finally:
+        other.unlink()
+    err = capsys.readouterr().err
+    assert "export reads the run's float model qana_float.h5" in err and err.count("\n") == 1
 
 
 def test_safe_load_refuses_what_is_no_recorded_tflite_model(exported, tmp_path, capsys):

@@ -59,13 +59,11 @@ def bench_model(name: str, model, images: np.ndarray, batch_sizes=BATCH_SIZES, m
 
 def bench_run(run_dir: str | Path, bits: int = 8, min_seconds: float = 3.0, data_config=None, log=print) -> dict:
     """Benchmark the three models of ``run_dir`` on its test images; writes bench.json."""
-    import tf_keras as keras
-
     from qana_keras.io import display_path, write_json
     from qana_keras.runs import RunFolder, precision_tag
 
     run_dir = Path(run_dir)
-    run = RunFolder(run_dir)
+    run = RunFolder.open(run_dir, f"train and convert a model there first (`qana convert --run {run_dir}`)")
     if data_config is not None:
         run.config.data = data_config
     converted = run.converted(bits)

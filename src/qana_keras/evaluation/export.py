@@ -22,7 +22,7 @@ import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
-from qana_keras.io import RunFolderError, atomic_path, display_path, write_json
+from qana_keras.io import atomic_path, display_path, write_json
 
 FORMATS = ("tflite",)
 EXPORT_REPORT = "export.json"
@@ -76,24 +76,23 @@ def export_paths(run_dir: Path, variant: str) -> dict[str, Path]:
             "report": run_dir / EXPORT_REPORT}
 
 
-def resolve_run(run_or_model: str | Path) -> tuple[Path, Path]:
-    """(run folder, its float .h5) from a run folder or a ``<variant>_float.h5`` inside one."""
-    from qana_keras.config import load_config
+def resolve_run(run_or_model: str | Path):
+    """(the RunFolder, its float .h5) from a run folder or the ``<variant>_float.h5`` inside one."""
+    from qana_keras.runs import RunFolder
 
     path = Path(run_or_model)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; pass a run folder (e.g. runs/qana, models/qana) or the "
                                 "<variant>_float.h5 inside one")
     run_dir = path.parent if path.is_file() else path
-    if not (run_dir / "config.yaml").is_file():
-        raise RunFolderError(f"{run_dir / 'config.yaml'} not found; export needs the run's config (its split and "
-                             "image size): pass a folder made by qana train")
-    variant = load_config(run_dir / "config.yaml").model.variant
-    float_path = path if path.is_file() else export_paths(run_dir, variant)["float"]
-    if float_path.suffix != ".h5" or not float_path.is_file():
-        raise FileNotFoundError(f"{float_path}: no float Keras model; train one first (`qana train --run {run_dir}`) "
-                                "or pass the run's <variant>_float.h5")
-    return run_dir, float_path
+    run = RunFolder.open(run_dir, "export needs the run's config (its split and image size): pass a folder made by "
+                                  "qana train")
+    float_path = run.artifacts()["float"]
+    if path.is_file() and path.name != float_path.name:
+        raise ValueError(f"{path}: export reads the run's float model {float_path.name}; pass it or the run folder")
+    if not float_path.is_file():
+        raise FileNotFoundError(f"{float_path}: no float Keras model; train one first (`qana train --run {run_dir}`)")
+    return run, float_path
 
 
 def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: int = 300, seed: int = 0,
@@ -103,29 +102,24 @@ def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: in
     beside the float model, and write ``<variant>_int8.tflite`` and ``export.json``; returns the report."""
     import tensorflow as tf
 
-    from qana_keras.config import load_config
-    from qana_keras.data.dataset import load_splits, run_classes
-    from qana_keras.runtime.progress import run_with_progress
     from qana_keras.evaluation.evaluate import cache_dir_for
-    from qana_keras.runtime.safe_load import file_record, load_keras_model, load_tflite_model
+    from qana_keras.runtime.progress import run_with_progress
+    from qana_keras.runtime.safe_load import file_record, load_keras_model
+    from qana_keras.runtime.tflite import TFLiteModel
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use --format {' or '.join(FORMATS)}")
     if not isinstance(representative, int) or representative < 1:
         raise ValueError(f"--representative {representative}: give a positive number of training images")
     began = time.perf_counter()
-    run_dir, float_path = resolve_run(run_or_model)
-    config = load_config(run_dir / "config.yaml")
-    paths = export_paths(run_dir, float_path.stem.removesuffix("_float"))
-    existing = [str(p) for key, p in paths.items() if key != "float" and p.exists()]
-    if existing and not overwrite:
-        raise RunFolderError(f"export artifacts already exist ({', '.join(existing)}); pass --overwrite to replace "
-                             "them")
-    config.data = dataclasses.replace(config.data, cache_dir=cache_dir_for(cache_dir, config.data))
-    classes = run_classes(config.data)
+    run, float_path = resolve_run(run_or_model)
+    paths = export_paths(run.path, run.variant)
+    run.refuse_overwrite([paths["tflite"], paths["report"]], overwrite, "export")
+    run.config.data = dataclasses.replace(run.config.data, cache_dir=cache_dir_for(cache_dir, run.config.data))
+    classes = run.classes
 
     model = load_keras_model(float_path)
-    data = load_splits(config.data, seed=seed, log=log)
+    data = run.splits(seed=seed, log=log)  # lesion crops too, for a crop-trained run
     train, test = data["train"], data["test"]
     picked = np.sort(np.random.default_rng(seed).choice(len(train), size=min(representative, len(train)),
                                                         replace=False))
@@ -133,21 +127,20 @@ def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: in
     t0 = time.perf_counter()
     content = to_int8_tflite(model, train.images[picked])
     convert_seconds = time.perf_counter() - t0
-    with atomic_path(paths["tflite"]) as tmp:
-        tmp.write_bytes(content)
-    log(f"wrote {display_path(paths['tflite'])} ({len(content):,} bytes, {convert_seconds:.0f} s)")
-
-    tflite = load_tflite_model(paths["tflite"], verify=False)  # the report with its checksum is not written yet
+    # Evaluated from memory, written only with its report: no .tflite beside a stale export.json if this fails.
+    tflite = TFLiteModel(content, paths["tflite"].name)
     t0 = time.perf_counter()
     int8_logits = run_with_progress(tflite, test.images, "TFLite int8 (CPU)", batch_size, PROGRESS_SECONDS, log=log)[0]
     tflite_seconds = time.perf_counter() - t0
     float_logits = run_with_progress(model, test.images, "float Keras", 256, PROGRESS_SECONDS, log=log)[0]
+    with atomic_path(paths["tflite"]) as tmp:
+        tmp.write_bytes(content)
     report = {
         "format": fmt,
         "precision": "full integer: int8 weights and activations, int32 biases, int8 input and output",
         "target": "CPU/MCU TFLite int8 (not Akida)",
         "artifacts": {"float": float_path.name, "tflite": paths["tflite"].name},
-        "checksums": {paths["tflite"].name: file_record(paths["tflite"])},
+        "checksums": {paths["tflite"].name: file_record(paths["tflite"])},  # written just above
         "bytes": len(content),
         "float_h5_bytes": float_path.stat().st_size,
         "input": {**tflite.tensor_info("input"),
@@ -164,10 +157,12 @@ def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: in
         "command": command,
     }
     write_json(paths["report"], report)
+    log(f"wrote {display_path(paths['tflite'])} ({len(content):,} bytes, {convert_seconds:.0f} s to convert)")
     t, f = report["test"]["tflite_int8"], report["test"]["float"]
     log(f"TFLite int8 on test ({report['test']['n_images']} images): top-1 {t['top1']:.4f} (float {f['top1']:.4f})  "
         f"balanced acc {t['balanced_accuracy']:.4f} ({f['balanced_accuracy']:.4f})  macro-F1 {t['macro_f1']:.4f} "
-        f"({f['macro_f1']:.4f})  argmax agreement {report['test']['argmax_agreement']:.4f}; wrote {paths['report']}")
+        f"({f['macro_f1']:.4f})  argmax agreement {report['test']['argmax_agreement']:.4f}; "
+        f"wrote {display_path(paths['report'])}")
     return report
 
 

@@ -238,8 +238,9 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     run_dir = Path(run_dir)
     choice = parse_device(device)  # a wrong name fails here, before any work
     board = find_board(choice)
-    log(f"loading the float, quantized and Akida models of {display_path(run_dir)} ...")  # ~1 min: quantizeml rebuilds the graph
-    run = RunFolder(run_dir)
+    run = RunFolder.open(run_dir, f"train and convert a model there first (`qana convert --run {run_dir}`)")
+    # About a minute: quantizeml rebuilds the quantized graph.
+    log(f"loading the float, quantized and Akida models of {display_path(run_dir)} ...")
     converted = run.converted(bits)
     report, qmodel, ak = converted["report"], converted["quantized"], converted["akida"]
     akida_model = ak.akida_model if isinstance(ak, HybridModel) else ak
