@@ -35,8 +35,8 @@ import qana_keras  # noqa: F401
 
 from qana_keras import CLASSES
 from qana_keras.config import load_config
-from qana_keras.refit.head import DENSE_LAYER, calibration_indices, run_embeddings, with_dense
-from qana_keras.runs import artifact_paths
+from qana_keras.refit.head import DENSE_LAYER, run_embeddings, with_dense
+from qana_keras.runs import artifact_paths, calibration_indices
 from qana_keras.refit.head_fit import HeadConfig, fit_head, fit_whitening
 from qana_keras.io import atomic_path, write_json
 from qana_keras.metrics import (bootstrap_intervals, classification_metrics, macro_f1,

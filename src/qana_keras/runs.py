@@ -73,6 +73,14 @@ def calibration_paths(run_dir: str | Path, variant: str, bits: int = 8) -> dict[
 # Splits
 
 
+def calibration_indices(n: int, count: int, seed: int = 0):
+    """Sorted indices of ``min(count, n)`` training images drawn without replacement with ``seed``: the images that
+    calibrate a quantization (``qana convert``, and the head, calibration and export steps that must match it)."""
+    import numpy as np
+
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))
+
+
 def load_splits(data_config, max_images: int = 0, seed: int = 0, log=print, extra_sources: bool = False) -> dict:
     """The train/val/test splits of ``data_config`` as the model sees them: whole images, or lesion crops
     (``data.crop``, made by the saliency model or the masks; ``crop.cache.load_cached_crops``)."""

@@ -19,7 +19,8 @@ from qana_keras.conversion.qat import TARGETS, _public, _val_scores, quantizatio
 from qana_keras.conversion.quantize import integer_completeness, quantize_for_akida, to_akida
 from qana_keras.conversion.spike import AKIDA_V1_SPIKE_LAYERS, tune_spike_rate
 from qana_keras.io import atomic_path, display_path, write_json
-from qana_keras.runs import QUICK_MAX_IMAGES, QUICK_NOTE, QUICK_QAT_EPOCHS, RunFolder, precision_tag, quick_fields
+from qana_keras.runs import (QUICK_MAX_IMAGES, QUICK_NOTE, QUICK_QAT_EPOCHS, RunFolder, calibration_indices,
+                            precision_tag, quick_fields)
 from qana_keras.runtime.load import HybridModel, load_keras_model, predict_logits, tail_model
 from qana_keras.runtime.safe_load import file_record
 
@@ -33,11 +34,6 @@ def variant_needs_4_bits(run_dir: Path, bits: int) -> bool:
     config_file = Path(run_dir) / "config.yaml"
     return (bits != 4 and config_file.exists()
             and load_config(config_file).model.variant in AKIDA_V1_VARIANTS)
-
-
-def _calibration_indices(n: int, count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=min(count, n), replace=False))
 
 
 def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024, batch_size: int = 32,
@@ -84,7 +80,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
     float_val = _val_scores(model, val.images, val.labels, classes=classes)
     log(f"float {variant}: val top-1 {float_val['top1']:.4f}  macro-F1 {float_val['macro_f1']:.4f}")
 
-    picked = _calibration_indices(len(train), num_calibration, seed)
+    picked = calibration_indices(len(train), num_calibration, seed)
     if len(picked) < num_calibration:
         log(f"calibrating on all {len(picked)} training images (fewer than the {num_calibration} asked)")
     spike_tuning = None

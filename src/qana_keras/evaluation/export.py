@@ -103,6 +103,7 @@ def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: in
     import tensorflow as tf
 
     from qana_keras.evaluation.evaluate import cache_dir_for
+    from qana_keras.runs import calibration_indices
     from qana_keras.runtime.progress import run_with_progress
     from qana_keras.runtime.safe_load import file_record, load_keras_model
     from qana_keras.runtime.tflite import TFLiteModel
@@ -121,8 +122,7 @@ def export_run(run_or_model: str | Path, fmt: str = "tflite", representative: in
     model = load_keras_model(float_path)
     data = run.splits(seed=seed, log=log)  # lesion crops too, for a crop-trained run
     train, test = data["train"], data["test"]
-    picked = np.sort(np.random.default_rng(seed).choice(len(train), size=min(representative, len(train)),
-                                                        replace=False))
+    picked = calibration_indices(len(train), representative, seed)
     log(f"converting {float_path.name} to int8 TFLite, calibrated on {len(picked)} training images ...")
     t0 = time.perf_counter()
     content = to_int8_tflite(model, train.images[picked])

@@ -240,7 +240,7 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     on), "float" on the float model's. ``data`` overrides loading the run's splits (tests).
     """
     from qana_keras.conversion.quantize import quantize_for_akida, to_akida
-    from qana_keras.conversion.run import _calibration_indices
+    from qana_keras.runs import calibration_indices
     from qana_keras.runtime.progress import run_with_progress
     from qana_keras.runtime.load import HybridModel, load_keras_model, predict_logits
 
@@ -279,7 +279,7 @@ def calibrate_run(run_dir: str | Path, objective: str = "macro_f1", fit_on: str 
     calibrated = add_to_dense_bias(model, offsets)
     if requantize:
         conv = converted["report"]["calibration"]
-        picked = _calibration_indices(len(data["train"]), conv["images"], conv["seed"])
+        picked = calibration_indices(len(data["train"]), conv["images"], conv["seed"])
         log(f"re-quantizing the calibrated float model on the run's calibration draw ({len(picked)} images) ...")
         q_cal, _ = quantize_for_akida(calibrated, data["train"].images[picked], variant, bits, conv["batch_size"],
                                       conv["epochs"], log=log)

@@ -39,6 +39,7 @@ import numpy as np
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras.refit.head_fit import HeadConfig, HeadError, fit_head, save_head
 from qana_keras.io import atomic_path, display_path, read_json, sha256_file
+from qana_keras.runs import calibration_indices
 
 if TYPE_CHECKING:  # TensorFlow is imported only where a model is touched: `qana --help` stays fast
     import tf_keras as keras
@@ -129,12 +130,6 @@ def extract_embeddings(model: keras.Model, images: np.ndarray, batch_size: int =
     if _is_quantized(model):
         values = values / equalization_rates(model)
     return values
-
-
-def calibration_indices(n: int, count: int, seed: int = 0) -> np.ndarray:
-    """Training images that calibrate the quantization: the same seeded draw as ``qana convert``."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=min(count, n), replace=False))
 
 
 def quantized_backbone(model: keras.Model, train_images: np.ndarray, variant: str, config: HeadConfig,
