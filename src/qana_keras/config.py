@@ -88,6 +88,7 @@ class TrainConfig:
     weight_decay: float = 5e-5
     warmup_epochs: int = 2
     label_smoothing: float = 0.0
+    loss: str = "cross_entropy"  # cross_entropy | balanced_softmax (qana_keras.training.losses)
     class_weighting: str = "sqrt"  # none | balanced | sqrt (square root of the balanced weights)
     balanced_sampling: bool = False
     augment_flips: bool = True
@@ -104,6 +105,9 @@ class TrainConfig:
     soft_target_weight: float = 0.5
     # Pretrained backbones: their layers (qana_keras.models.pretrained.PREFIX) learn at this fraction of the rate.
     backbone_lr_scale: float = 1.0
+    # Weight averaging (qana_keras.training.averaging): validate, select and save an exponential moving average
+    # of the weights with this decay per batch; 0 = the trained weights themselves.
+    ema_decay: float = 0.0
     max_images: int = 0  # 0 = all; > 0 keeps a class-stratified subset per split (quick profile)
 
 
@@ -167,11 +171,13 @@ RULES = {
     "train.warmup_epochs": _at_least(0),
     "train.label_smoothing": _between(0.0, 1.0, high_open=True),
     "train.class_weighting": _one_of("none", "balanced", "sqrt"),
+    "train.loss": _one_of("cross_entropy", "balanced_softmax"),
     "train.augment_color": _at_least(0.0),
     "train.augment_zoom": _between(0.0, 1.0, high_open=True),
     "train.soft_target_weight": _between(0.0, 1.0),
     "train.max_images": _at_least(0),
     "train.backbone_lr_scale": _between(0.0, 1.0),
+    "train.ema_decay": _between(0.0, 1.0, high_open=True),
 }
 
 _YAML_EXPONENT = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")

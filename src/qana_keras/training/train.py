@@ -4,11 +4,13 @@ Run folder (``runs/<name>/``):
   config.yaml, versions.json       what made the run
   checkpoints/, state.json         every epoch, for ``--resume``
   history.csv, logs/ (TensorBoard) curves
-  <variant>_float.h5               the epoch with the best validation macro-F1
+  <variant>_float.h5               the epoch with the best validation macro-F1 (its weight average with
+                                   train.ema_decay)
   metrics.json, *.png              validation and test metrics of that model
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -29,7 +31,9 @@ from qana_keras import CLASSES
 from qana_keras.config import Config, load_config
 from qana_keras.data.dataset import run_classes
 from qana_keras.data.pipeline import class_weights, make_dataset
+from qana_keras.training.averaging import WeightAverage
 from qana_keras.training.distill import mixed_targets, read_soft_targets
+from qana_keras.training.losses import build_loss
 from qana_keras.io import RunFolderError, atomic_path, atomic_write_text, read_json, write_json
 from qana_keras.metrics import bootstrap_intervals, classification_metrics, confusion_bootstrap, macro_f1
 from qana_keras.models.pretrained import PREFIX as PRETRAINED_PREFIX
@@ -288,9 +292,11 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         model = build_model(config.model, input_size=config.data.image_size, num_classes=len(classes))
         optimizer = build_optimizer(config, steps_per_epoch)
         model.compile(optimizer=optimizer,
-                      loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=t.label_smoothing))
+                      loss=build_loss(t.loss, train_data.labels, len(classes), label_smoothing=t.label_smoothing))
         rngs = dropout_generators(model)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **rngs)
+        averager = WeightAverage(model, t.ema_decay) if t.ema_decay else None
+    extra = {"weight_average": averager.state} if averager else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **rngs, **extra)
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
 
     state = {"epochs_done": 0, "best_val_macro_f1": -1.0, "best_epoch": None, "history": []}
@@ -317,26 +323,29 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         sample_weights = weights[train_data.labels]
         ds = make_dataset(train_data.images, train_data.labels, len(classes), t.batch_size, t, training=True,
                           epoch=epoch, sample_weights=sample_weights, targets=targets)
-        fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[tensorboard])
-        val_logits = predict_logits(model, val_data.images, 256)
-        val_pred = val_logits.argmax(1)
-        row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
-               # the training loss (label smoothing included) on hard labels, without class weights
-               "val_loss": float(model.loss(keras.utils.to_categorical(val_data.labels, len(classes)), val_logits)),
-               "val_top1": float(np.mean(val_pred == val_data.labels)),
-               "val_macro_f1": macro_f1(val_data.labels, val_pred, len(classes)),
-               "learning_rate": float(optimizer.learning_rate),
-               "seconds": round(time.perf_counter() - start, 1)}
-        for split in extra_validation_splits(data):  # other sources: watched, not used for selection
-            pred = predict_logits(model, data[split].images, 256).argmax(1)
-            with warnings.catch_warnings():  # a source holds only some classes: recall over the classes it has
-                warnings.simplefilter("ignore", UserWarning)
-                row[f"{split}_balanced_accuracy"] = float(balanced_accuracy_score(data[split].labels, pred))
-        improved = row["val_macro_f1"] > state["best_val_macro_f1"]
-        if improved:
-            with atomic_path(best_path) as tmp:
-                model.save(tmp, include_optimizer=False, save_format="h5")
-            state["best_val_macro_f1"], state["best_epoch"] = row["val_macro_f1"], epoch + 1
+        fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose,
+                        callbacks=[tensorboard, *([averager] if averager else [])])
+        # With weight averaging, the average is what is validated, selected and saved.
+        with averager.applied() if averager else contextlib.nullcontext():
+            val_logits = predict_logits(model, val_data.images, 256)
+            val_pred = val_logits.argmax(1)
+            row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
+                   # the training loss (label smoothing included) on hard labels, without class weights
+                   "val_loss": float(model.loss(keras.utils.to_categorical(val_data.labels, len(classes)), val_logits)),
+                   "val_top1": float(np.mean(val_pred == val_data.labels)),
+                   "val_macro_f1": macro_f1(val_data.labels, val_pred, len(classes)),
+                   "learning_rate": float(optimizer.learning_rate),
+                   "seconds": round(time.perf_counter() - start, 1)}
+            for split in extra_validation_splits(data):  # other sources: watched, not used for selection
+                pred = predict_logits(model, data[split].images, 256).argmax(1)
+                with warnings.catch_warnings():  # a source holds only some classes: recall over the classes it has
+                    warnings.simplefilter("ignore", UserWarning)
+                    row[f"{split}_balanced_accuracy"] = float(balanced_accuracy_score(data[split].labels, pred))
+            improved = row["val_macro_f1"] > state["best_val_macro_f1"]
+            if improved:
+                with atomic_path(best_path) as tmp:
+                    model.save(tmp, include_optimizer=False, save_format="h5")
+                state["best_val_macro_f1"], state["best_epoch"] = row["val_macro_f1"], epoch + 1
         state["history"].append(row)
         state["epochs_done"] = epoch + 1
         manager.save(checkpoint_number=epoch + 1)
