@@ -13,8 +13,10 @@ SHARED_ISIC := $(abspath ../shared/data/isic2019_partial)
 export QANA_ISIC2019_DIR ?= $(if $(wildcard $(SHARED_ISIC)/ISIC_2019_Training_GroundTruth.csv),$(SHARED_ISIC),$(CURDIR)/data/isic2019)
 # `make report` rewrites the marked blocks of these files: each README/docs block in the one file holding its markers.
 REPORT_FLAGS ?= --model-card MODEL_CARD.md --readme README.md $(sort $(wildcard docs/*.md))
-RUN ?= runs/qana
-CONFIG ?= configs/qana.yaml
+# The default model: ImageNet Lite0 cut after block 10 at 112 px, HAM10000 + ISIC 2019 (docs/pretrained.md).
+# The paper's QANA on HAM10000 alone: make all CONFIG=configs/qana.yaml RUN=runs/qana
+RUN ?= runs/lite0-b10-112-isic
+CONFIG ?= configs/lite0-b10-112-isic.yaml
 CROP_OUT ?= reports/crop/$(notdir $(RUN))
 ifeq ($(QUICK),1)
 # No --overwrite: it would move the last smoke run aside to runs/qana-quick.replaced-* on every `make all QUICK=1`.
@@ -66,14 +68,14 @@ split: $(STAMP) ## re-create the committed lesion-level split (unchanged if iden
 cache: $(STAMP) ## decode and resize all images into cache/
 	$(QANA) data cache
 
-train: $(STAMP) ## train QANA into RUN (QUICK=1: a few-minute smoke run)
+train: $(STAMP) ## train CONFIG into RUN (QUICK=1: a few-minute smoke run)
 	$(if $(and $(QUICK_SCRATCH),$(filter $(QUICK_SCRATCH),$(RUN))),rm -rf $(QUICK_SCRATCH))
 	$(QANA) train --config $(CONFIG) --run $(RUN) $(TRAIN_FLAGS)
 
 train-paper: $(STAMP) ## train the paper's gated QANA into runs/qana-paper
 	$(QANA) train --config configs/qana-paper.yaml --run runs/qana-paper
 
-resume: $(STAMP) ## continue a killed training run: make resume RUN=runs/qana
+resume: $(STAMP) ## continue a killed training run: make resume RUN=runs/NAME
 	$(QANA) train --resume $(RUN)
 
 convert: $(STAMP) ## quantize (8-bit) and convert RUN to Akida
@@ -95,7 +97,7 @@ predict: $(STAMP) ## classify images: make predict IMAGES=file-or-folder [MODEL=
 	$(QANA) predict $(IMAGES) --model $(MODEL)
 
 evaluate: $(STAMP) ## evaluate RUN's Akida model on the test split
-	$(QANA) evaluate --model $(RUN)/qana.fbz --data $(QANA_DATA_DIR) --split test --json $(RUN)/evaluate_test.json
+	$(QANA) evaluate --model $(RUN) --data $(QANA_DATA_DIR) --split test --json $(RUN)/evaluate_test.json
 
 bench: $(STAMP) ## CPU speed of float, quantized and Akida-simulator models of RUN
 	$(QANA) bench --run $(RUN)

@@ -395,9 +395,9 @@ def test_make_quick_deletes_only_its_own_scratch_run():
         return subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "train", *args],
                               cwd=REPO, capture_output=True, text=True, check=True, env=env).stdout.splitlines()
 
-    assert dry("QUICK=1") == ["rm -rf runs/qana-quick",
-                              ".venv/bin/qana train --config configs/qana.yaml --run runs/qana-quick --quick"]
-    assert dry("QUICK=1", "RUN=runs/mine") == [".venv/bin/qana train --config configs/qana.yaml --run runs/mine --quick"]
+    train = ".venv/bin/qana train --config configs/lite0-b10-112-isic.yaml --run"
+    assert dry("QUICK=1") == ["rm -rf runs/qana-quick", f"{train} runs/qana-quick --quick"]
+    assert dry("QUICK=1", "RUN=runs/mine") == [f"{train} runs/mine --quick"]
     assert not any("rm " in line for line in dry())
 
 

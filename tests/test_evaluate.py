@@ -78,3 +78,19 @@ def test_evaluate_needs_the_config_beside_the_model(run, tmp_path):
         evaluate_model(tmp_path / "model.onnx", config.data.data_dir, **QUIET)
     assert main(["evaluate", "--model", str(run_dir / "qana.fbz"), "--data", config.data.data_dir,
                  "--format", "isic2018", "--json", str(tmp_path / "x.json")]) == 2  # not an ISIC folder
+
+
+def test_evaluate_a_run_folder_reads_its_akida_model(run, tmp_path, capsys):
+    """`make evaluate` passes the run folder: the run's own .fbz is scored, whatever its variant is called."""
+    run_dir, config, _, _ = run
+    out = tmp_path / "run.json"
+    assert main(["evaluate", "--model", str(run_dir), "--data", config.data.data_dir, "--split", "test",
+                 "--json", str(out), "--no-figures"]) == 0
+    assert read_json(out)["model"].endswith("qana.fbz")
+    unconverted = tmp_path / "unconverted"
+    unconverted.mkdir()
+    shutil.copy(run_dir / "config.yaml", unconverted / "config.yaml")
+    assert main(["evaluate", "--model", str(unconverted), "--json", str(tmp_path / "y.json")]) == 2
+    assert "qana.fbz not found; convert the run first" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path), "--json", str(tmp_path / "z.json")]) == 2
+    assert "no config.yaml; pass a run folder, a .fbz or an .h5" in capsys.readouterr().err

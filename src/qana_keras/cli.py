@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("evaluate", help="evaluate a .h5 or .fbz model on a HAM10000, PAD-UFES-20 or ISIC 2018 "
                                           "folder: metrics with lesion-bootstrap intervals, ROC, subgroups")
-    p.add_argument("--model", required=True, help=".h5 (float or quantized Keras) or .fbz (Akida); its config.yaml "
-                                                  "must be beside it")
+    p.add_argument("--model", required=True, help=".h5 (float or quantized Keras) or .fbz (Akida), its config.yaml "
+                                                  "beside it; or a run folder (its 8-bit Akida model)")
     p.add_argument("--data", help="HAM10000 root, PAD-UFES-20 root (metadata.csv + images/), or ISIC 2018 image "
                                   "folder (or its parent); default $QANA_DATA_DIR for ham10000, $QANA_PAD_UFES_DIR "
                                   "for pad-ufes-20, none for isic2018")
