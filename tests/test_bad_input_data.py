@@ -459,3 +459,20 @@ def test_quick_fields_are_built_in_one_place():
     for module in (convert, deploy, runs):  # no module spells the dict out again
         assert '{"note": QUICK_NOTE} if quick' not in inspect.getsource(module).replace(
             inspect.getsource(runs.quick_fields), "")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_committed_config_passes_the_start_checks(path, tmp_path, monkeypatch):
+    """Each recipe in configs/ (the `make all` default among them) loads, names files that exist and builds its
+    model at its input size; the data folders are a small fixture, ISIC 2019 only named (not read here)."""
+    from test_train import tiny_config
+
+    from qana_keras.training.train import check_start
+
+    fixture = tiny_config(tmp_path)
+    monkeypatch.setenv("QANA_ISIC2019_DIR", str(tmp_path / "isic2019"))
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # soft_targets/init_from paths are relative to the repo
+    config = load_config(path)
+    config.data.data_dir, config.data.split_file = fixture.data.data_dir, fixture.data.split_file
+    check_start(config, log=_quiet)
