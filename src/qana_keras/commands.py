@@ -169,7 +169,8 @@ def cmd_evaluate(args) -> int:
               "metadata (drop --ground-truth, or pass --format isic2018)", file=sys.stderr)
         return 2
 
-    if Path(args.model).is_dir():  # a run folder: its 8-bit Akida model
+    model = Path(args.model)
+    if model.is_dir() and model.suffix not in (".h5", ".fbz", ".tflite"):  # a run folder: its 8-bit Akida model
         from qana_keras.runs import RunFolder
 
         args.model = str(RunFolder.open(args.model, "pass a run folder, a .fbz or an .h5").artifacts()["akida"])
