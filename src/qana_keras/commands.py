@@ -173,11 +173,12 @@ def cmd_evaluate(args) -> int:
     if model.is_dir() and model.suffix not in (".h5", ".fbz", ".tflite"):  # a run folder: its 8-bit Akida model
         from qana_keras.runs import RunFolder
 
-        args.model = str(RunFolder.open(args.model, "pass a run folder, a .fbz or an .h5").artifacts()["akida"])
-        if not Path(args.model).exists():
-            print(f"error: {args.model} not found; convert the run first (qana convert --run "
-                  f"{Path(args.model).parent})", file=sys.stderr)
+        model = RunFolder.open(model, "pass a run folder, a .fbz or an .h5").artifacts()["akida"]
+        if not model.exists():
+            print(f"error: {model} not found; convert the run first (qana convert --run {model.parent})",
+                  file=sys.stderr)
             return 2
+        args.model = str(model)
     if not args.data:  # the environment variable of this --format's data set; ISIC 2018 has none
         variable = EVALUATE_DATA_VARIABLES.get(args.format)
         args.data = os.environ.get(variable) if variable else None
