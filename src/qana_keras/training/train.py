@@ -295,8 +295,8 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
                       loss=build_loss(t.loss, train_data.labels, len(classes), label_smoothing=t.label_smoothing))
         rngs = dropout_generators(model)
         averager = WeightAverage(model, t.ema_decay) if t.ema_decay else None
-    extra = {"weight_average": averager.state} if averager else {}
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **rngs, **extra)
+    averaged = {"weight_average": averager.state} if averager else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **rngs, **averaged)
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
 
     state = {"epochs_done": 0, "best_val_macro_f1": -1.0, "best_epoch": None, "history": []}
