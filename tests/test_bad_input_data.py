@@ -33,6 +33,8 @@ from qana_keras.config import ConfigError, load_config
     ("train.learning_rate=0", r"train.learning_rate=0.0 is out of range"),
     ("train.loss=focal", r"train.loss='focal' is out of range; allowed: one of cross_entropy, balanced_softmax"),
     ("train.ema_decay=1", r"train.ema_decay=1.0 is out of range; allowed: a number in \[0.0, 1.0\)"),
+    ("train.mix=blend", r"train.mix='blend' is out of range; allowed: one of none, mixup, cutmix"),
+    ("train.mix_alpha=0", r"train.mix_alpha=0.0 is out of range; allowed: a number > 0"),
 ])
 def test_bad_override_names_key_value_and_allowed(override, message):
     with pytest.raises(ConfigError, match=message) as error:

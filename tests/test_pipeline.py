@@ -7,7 +7,7 @@ from qana_keras.config import TrainConfig
 from qana_keras.data import ham10000
 from qana_keras.data.checks import DatasetError
 from qana_keras.data.cache import load_cached_images
-from qana_keras.data.pipeline import class_weights, make_dataset
+from qana_keras.data.pipeline import class_weights, make_dataset, mix_batch
 
 
 def test_class_weights():
@@ -47,6 +47,45 @@ def test_balanced_sampling_evens_out_classes():
     ds = make_dataset(images, labels, 2, 1000, config, training=True)
     onehot = next(iter(ds))[1].numpy()
     assert 0.4 < onehot[:, 1].mean() < 0.6
+
+
+def _two_class_batch():
+    """Four black images of class 0 (weight 1) and four white images of class 1 (weight 3)."""
+    images = np.concatenate([np.zeros((4, 8, 8, 3), np.uint8), np.full((4, 8, 8, 3), 255, np.uint8)])
+    targets = np.eye(2, dtype=np.float32)[[0] * 4 + [1] * 4]
+    weights = np.array([1.0] * 4 + [3.0] * 4, np.float32)
+    return images, targets, weights
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixed_targets_and_weights_follow_the_pixels(kind):
+    import tensorflow as tf
+
+    images, targets, weights = _two_class_batch()
+    mixed, mixed_targets, mixed_weights = (t.numpy() for t in mix_batch(
+        tf.constant(images), tf.constant(targets), tf.constant(weights), tf.constant([5, 1], tf.int64), kind, 1.0))
+    assert mixed.dtype == np.uint8 and mixed.shape == images.shape
+    # The share of class 1 in each target is the share of white in its image; weights blend the same way.
+    white = mixed.astype(np.float64).mean(axis=(1, 2, 3)) / 255
+    np.testing.assert_allclose(mixed_targets[:, 1], white, atol=0.01)
+    np.testing.assert_allclose(mixed_targets.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(mixed_weights, 1.0 + 2.0 * mixed_targets[:, 1], atol=1e-5)
+    assert np.any((white > 0.02) & (white < 0.98))  # something was actually mixed
+    if kind == "cutmix":  # pixels are pasted, not blended
+        assert set(np.unique(mixed)) <= {0, 255}
+
+
+def test_mixing_is_seeded_and_only_for_training():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 7, 16)
+    config = TrainConfig(seed=1, mix="mixup", mix_alpha=0.4, augment_zoom=0, augment_color=0)
+    a = _batches(make_dataset(images, labels, 7, 8, config, training=True, epoch=0))
+    b = _batches(make_dataset(images, labels, 7, 8, config, training=True, epoch=0))
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert np.any(a[0][1].max(1) < 0.999)
+    plain = _batches(make_dataset(images, labels, 7, 8, config))  # evaluation is never mixed
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in plain]), images)
 
 
 def test_cache_is_reused_and_invalidated(tmp_path):

@@ -70,6 +70,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     from qana_keras.training.train import train
 
     config = tiny_config(tmp_path, epochs=2)
+    config.train.mix = "cutmix"  # batch mixing is seeded by epoch and batch: a resumed run mixes the same way
     straight = train(tmp_path / "straight", config, log=lambda *_: None)
 
     assert train(tmp_path / "killed", config, stop_after=1, log=lambda *_: None) is None

@@ -108,6 +108,10 @@ class TrainConfig:
     # Weight averaging (qana_keras.training.averaging): validate, select and save an exponential moving average
     # of the weights with this decay per batch; 0 = the trained weights themselves.
     ema_decay: float = 0.0
+    # Batch mixing (qana_keras.data.pipeline.mix_batch): ``mixup`` blends two images and their targets,
+    # ``cutmix`` pastes a box of one into the other; the share comes from Beta(mix_alpha, mix_alpha).
+    mix: str = "none"  # none | mixup | cutmix
+    mix_alpha: float = 0.2
     max_images: int = 0  # 0 = all; > 0 keeps a class-stratified subset per split (quick profile)
 
 
@@ -178,6 +182,8 @@ RULES = {
     "train.max_images": _at_least(0),
     "train.backbone_lr_scale": _between(0.0, 1.0),
     "train.ema_decay": _between(0.0, 1.0, high_open=True),
+    "train.mix": _one_of("none", "mixup", "cutmix"),
+    "train.mix_alpha": ((lambda v: v > 0), "a number > 0"),
 }
 
 _YAML_EXPONENT = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")

@@ -58,6 +58,52 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: TrainConfig) -> tf.Tensor
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
 
 
+def _beta(seed: tf.Tensor, alpha: float) -> tf.Tensor:
+    """One draw of Beta(alpha, alpha), stateless: G1 / (G1 + G2) with G ~ Gamma(alpha)."""
+    g = tf.random.stateless_gamma([2], seed, alpha=alpha)
+    return g[0] / (g[0] + g[1])
+
+
+def mix_batch(images: tf.Tensor, targets: tf.Tensor, weights: tf.Tensor | None, seed: tf.Tensor, kind: str,
+              alpha: float):
+    """Mix each example of a batch with another of the same batch (``kind`` mixup or cutmix), stateless.
+
+    mixup blends the pixels with a share ``lam`` ~ Beta(alpha, alpha); cutmix pastes a box covering
+    ``1 - lam`` of the partner into the image and recomputes ``lam`` from the box actually pasted. Targets
+    and sample weights (class weights) are blended with the same share, so a rare class keeps its weight
+    in proportion to how much of it the mixed image shows. Images stay uint8.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+    n = tf.shape(images)[0]
+    partner = tf.random.experimental.stateless_shuffle(tf.range(n), seeds[0])
+    lam = _beta(seeds[1], alpha)
+    x = tf.cast(images, tf.float32)
+    x2 = tf.gather(x, partner)
+    if kind == "mixup":
+        mixed = lam * x + (1.0 - lam) * x2
+    elif kind == "cutmix":
+        h, w = tf.shape(x)[1], tf.shape(x)[2]
+        side = tf.sqrt(1.0 - lam)
+        cut_h = tf.cast(tf.round(side * tf.cast(h, tf.float32)), tf.int32)
+        cut_w = tf.cast(tf.round(side * tf.cast(w, tf.float32)), tf.int32)
+        cy = tf.random.stateless_uniform([], seeds[2], 0, h, dtype=tf.int32)
+        cx = tf.random.stateless_uniform([], seeds[3], 0, w, dtype=tf.int32)
+        y0, y1 = tf.maximum(cy - cut_h // 2, 0), tf.minimum(cy + cut_h // 2, h)
+        x0, x1 = tf.maximum(cx - cut_w // 2, 0), tf.minimum(cx + cut_w // 2, w)
+        rows = tf.logical_and(tf.range(h) >= y0, tf.range(h) < y1)
+        cols = tf.logical_and(tf.range(w) >= x0, tf.range(w) < x1)
+        box = tf.cast(tf.logical_and(rows[:, None], cols[None, :]), tf.float32)[None, :, :, None]
+        mixed = x * (1.0 - box) + x2 * box
+        lam = 1.0 - tf.reduce_mean(box)
+    else:
+        raise ValueError(f"unknown train.mix {kind!r}: use none, mixup or cutmix")
+    mixed = tf.cast(tf.clip_by_value(tf.round(mixed), 0, 255), tf.uint8)
+    out_targets = lam * targets + (1.0 - lam) * tf.gather(targets, partner)
+    if weights is None:
+        return mixed, out_targets
+    return mixed, out_targets, lam * weights + (1.0 - lam) * tf.gather(weights, partner)
+
+
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                  config: TrainConfig | None = None, training: bool = False, epoch: int = 0,
                  sample_weights: np.ndarray | None = None, targets: np.ndarray | None = None) -> tf.data.Dataset:
@@ -66,7 +112,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
     With ``training``, the order is shuffled and images augmented from (config.seed, epoch); with
     ``config.balanced_sampling`` the epoch draws images with probability inversely proportional to
     their class frequency (same epoch length), also seeded. ``targets`` (N, K) replaces the one-hot labels
-    (soft targets of a teacher, qana_keras.training.distill).
+    (soft targets of a teacher, qana_keras.training.distill). ``config.mix`` mixes each training batch
+    (``mix_batch``), seeded by (config.seed, epoch, batch index).
     """
     n = len(images)
     if training:
@@ -94,4 +141,11 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
             lambda i, item: (augment(item[0], tf.stack([tf.cast(config.seed * 100003 + epoch, tf.int64), i]), config),
                              *item[1:]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if training and config.mix != "none":
+        mix_seed = config.seed * 100003 + epoch + 7919  # distinct from the per-image augmentation seeds
+        ds = ds.enumerate().map(
+            lambda b, batch: mix_batch(batch[0], batch[1], batch[2] if len(batch) > 2 else None,
+                                       tf.stack([tf.cast(mix_seed, tf.int64), b]), config.mix, config.mix_alpha),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
