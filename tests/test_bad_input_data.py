@@ -35,6 +35,7 @@ from qana_keras.config import ConfigError, load_config
     ("train.ema_decay=1", r"train.ema_decay=1.0 is out of range; allowed: a number in \[0.0, 1.0\)"),
     ("train.mix=blend", r"train.mix='blend' is out of range; allowed: one of none, mixup, cutmix"),
     ("train.mix_alpha=0", r"train.mix_alpha=0.0 is out of range; allowed: a number > 0"),
+    ("train.selection=val_top1", r"train.selection='val_top1' is out of range; allowed: one of val_macro_f1, source_mean"),
 ])
 def test_bad_override_names_key_value_and_allowed(override, message):
     with pytest.raises(ConfigError, match=message) as error:

@@ -145,15 +145,24 @@ def test_training_with_an_extra_source_reports_its_validation_apart(tmp_path):
     from qana_keras.io import read_json
     from qana_keras.training.train import train
 
-    config = tiny_config(tmp_path, epochs=1)
+    from qana_keras.training.train import selection_score
+
+    config = tiny_config(tmp_path, epochs=2)
+    config.train.selection = "source_mean"
     rows = [(f"ISIC_{i:07d}", ("NV", "MEL", "BKL")[i % 3], f"MSK4_{i // 2}") for i in range(1, 61)]
     config.data.extra_sources = (str(write_isic2019_fixture(tmp_path / "isic2019", rows)),)
     lines = []
     metrics = train(tmp_path / "run", config, log=lines.append)
     assert metrics["val_isic2019"]["n_images"] == len(load_val_ids(config)) > 0
-    history = read_json(tmp_path / "run" / "state.json")["history"]
+    state = read_json(tmp_path / "run" / "state.json")
+    history = state["history"]
     assert 0.0 <= history[0]["val_isic2019_balanced_accuracy"] <= 1.0
     assert any("val_isic2019 bal. acc." in line for line in lines)
+    # Selection weighs both sources: the kept epoch is the first best mean of the two figures.
+    means = [(h["val_macro_f1"] + h["val_isic2019_balanced_accuracy"]) / 2 for h in history]
+    assert state["best_epoch"] == metrics["selected_epoch"] == 1 + int(np.argmax(means))
+    assert [selection_score(h, "source_mean") for h in history] == pytest.approx(means)
+    assert "each extra source" in metrics["selection"]
 
 
 def load_val_ids(config) -> list[str]:

@@ -47,6 +47,19 @@ def test_run_folder_holds_every_artifact(trained):
     assert read_json(run / "versions.json")["packages"]["quantizeml"] == "1.2.5"
 
 
+def test_selection_rules_score_the_sources_alike():
+    from qana_keras.training.train import selection_score
+
+    row = {"val_macro_f1": 0.6, "val_top1": 0.8, "val_isic2019_balanced_accuracy": 0.5, "val_other_balanced_accuracy": 0.7}
+    assert selection_score(row, "val_macro_f1") == 0.6
+    assert selection_score(row, "source_mean") == pytest.approx(0.6)  # (0.6 + 0.5 + 0.7) / 3
+    row["val_isic2019_balanced_accuracy"] = 0.8
+    assert selection_score(row, "source_mean") == pytest.approx(0.7) and selection_score(row, "val_macro_f1") == 0.6
+    assert selection_score({"val_macro_f1": 0.4}, "source_mean") == 0.4  # one source: the same rule
+    with pytest.raises(ValueError, match="unknown train.selection 'loss'"):
+        selection_score(row, "loss")
+
+
 def test_selected_epoch_is_the_best_validation_macro_f1(trained):
     tmp, config, metrics = trained
     with open(tmp / "run" / "history.csv") as f:

@@ -110,6 +110,9 @@ class TrainConfig:
     ema_decay: float = 0.0
     # Batch mixing (qana_keras.data.pipeline.mix_batch): ``mixup`` blends two images and their targets,
     # ``cutmix`` pastes a box of one into the other; the share comes from Beta(mix_alpha, mix_alpha).
+    # Which validation epoch is kept: ``val_macro_f1`` (HAM10000 validation macro-F1) or ``source_mean``: the
+    # mean of that and each extra source's validation balanced accuracy (qana_keras.training.train.selection_score).
+    selection: str = "val_macro_f1"
     mix: str = "none"  # none | mixup | cutmix
     mix_alpha: float = 0.2
     max_images: int = 0  # 0 = all; > 0 keeps a class-stratified subset per split (quick profile)
@@ -183,6 +186,7 @@ RULES = {
     "train.backbone_lr_scale": _between(0.0, 1.0),
     "train.ema_decay": _between(0.0, 1.0, high_open=True),
     "train.mix": _one_of("none", "mixup", "cutmix"),
+    "train.selection": _one_of("val_macro_f1", "source_mean"),
     "train.mix_alpha": ((lambda v: v > 0), "a number > 0"),
 }
 

@@ -299,15 +299,15 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **rngs, **averaged)
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
 
-    state = {"epochs_done": 0, "best_val_macro_f1": -1.0, "best_epoch": None, "history": []}
+    state = {"epochs_done": 0, "best_score": -1.0, "best_epoch": None, "history": []}
     restored, history = _resume_point(manager, run_dir) if resume else (None, [])
     if restored:
         checkpoint.restore(restored).expect_partial()
         # The best epoch is recomputed from the history up to the restored checkpoint (later epochs are redone).
-        best = max(history, key=lambda h: h["val_macro_f1"])
-        state = {"epochs_done": len(history), "best_val_macro_f1": best["val_macro_f1"], "best_epoch": best["epoch"],
-                 "history": history}
-        log(f"resuming {run_dir} after epoch {len(history)} (best val macro-F1 {state['best_val_macro_f1']:.4f})")
+        best = max(history, key=lambda h: selection_score(h, t.selection))
+        state = {"epochs_done": len(history), "best_score": selection_score(best, t.selection),
+                 "best_epoch": best["epoch"], "history": history}
+        log(f"resuming {run_dir} after epoch {len(history)} (best {t.selection} {state['best_score']:.4f})")
     elif resume and manager.latest_checkpoint:
         log(f"{run_dir}: state.json covers none of the kept checkpoints; training again from epoch 1")
     if t.init_from and not restored:
@@ -336,16 +336,16 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
                    "val_macro_f1": macro_f1(val_data.labels, val_pred, len(classes)),
                    "learning_rate": float(optimizer.learning_rate),
                    "seconds": round(time.perf_counter() - start, 1)}
-            for split in extra_validation_splits(data):  # other sources: watched, not used for selection
+            for split in extra_validation_splits(data):  # other sources: watched; selected on with source_mean
                 pred = predict_logits(model, data[split].images, 256).argmax(1)
                 with warnings.catch_warnings():  # a source holds only some classes: recall over the classes it has
                     warnings.simplefilter("ignore", UserWarning)
                     row[f"{split}_balanced_accuracy"] = float(balanced_accuracy_score(data[split].labels, pred))
-            improved = row["val_macro_f1"] > state["best_val_macro_f1"]
+            improved = selection_score(row, t.selection) > state["best_score"]
             if improved:
                 with atomic_path(best_path) as tmp:
                     model.save(tmp, include_optimizer=False, save_format="h5")
-                state["best_val_macro_f1"], state["best_epoch"] = row["val_macro_f1"], epoch + 1
+                state["best_score"], state["best_epoch"] = selection_score(row, t.selection), epoch + 1
         state["history"].append(row)
         state["epochs_done"] = epoch + 1
         manager.save(checkpoint_number=epoch + 1)
@@ -364,6 +364,26 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     return metrics
 
 
+SELECTIONS = {"val_macro_f1": "best validation macro-F1",
+              "source_mean": "best mean of the validation macro-F1 and each extra source's validation balanced accuracy"}
+
+
+def selection_score(row: dict, rule: str) -> float:
+    """The score an epoch's history ``row`` is selected on (higher is better).
+
+    ``source_mean`` weighs each source alike, so a model is kept for how it does across clinics, not on
+    one split; balanced accuracy stands for the other sources because they may hold only some classes
+    (a 7-class macro-F1 says little there). Without extra sources both rules are the same.
+    """
+    if rule == "val_macro_f1":
+        return row["val_macro_f1"]
+    if rule == "source_mean":
+        scores = [row["val_macro_f1"]] + [v for k, v in row.items()
+                                           if k.startswith("val_") and k.endswith("_balanced_accuracy")]
+        return float(np.mean(scores))
+    raise ValueError(f"unknown train.selection {rule!r}: use {' or '.join(SELECTIONS)}")
+
+
 def extra_validation_splits(data: dict) -> list[str]:
     """The validation splits of extra sources (``val_<source>``), in load order."""
     return [name for name in data if name.startswith("val_")]
@@ -373,7 +393,7 @@ def evaluate_run(run_dir: Path, config: Config, data, state: dict, log=print) ->
     """Evaluate the selected float model once on validation and test; write metrics.json and plots."""
     model = load_keras_model(artifact_paths(run_dir, config.model.variant)["float"])
     out = {"variant": config.model.variant, "selected_epoch": state["best_epoch"],
-           "selection": "best validation macro-F1", "parameters": int(model.count_params()),
+           "selection": SELECTIONS[config.train.selection], "parameters": int(model.count_params()),
            "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}
     for split in ("val", "test", *extra_validation_splits(data)):
         split_data = data[split]
