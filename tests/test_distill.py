@@ -6,7 +6,8 @@ from test_train import tiny_config
 from qana_keras import CLASSES
 from qana_keras.config import TrainConfig
 from qana_keras.data.pipeline import make_dataset
-from qana_keras.training.distill import dihedral_views, mixed_targets, read_soft_targets, write_soft_targets
+from qana_keras.runtime.tta import dihedral_views
+from qana_keras.training.distill import mixed_targets, read_soft_targets, write_soft_targets
 from qana_keras.io import read_json
 
 

@@ -94,3 +94,39 @@ def test_evaluate_a_run_folder_reads_its_akida_model(run, tmp_path, capsys):
     assert "qana.fbz not found; convert the run first" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path), "--json", str(tmp_path / "z.json")]) == 2
     assert "no config.yaml; pass a run folder, a .fbz or an .h5" in capsys.readouterr().err
+
+
+def test_tta_averages_the_softmax_over_the_named_views():
+    from qana_keras.metrics import softmax
+    from qana_keras.runtime.tta import dihedral_views, tta_logits
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    seen = []
+
+    def predict(batch):  # logits that depend on the view, so that the average is visible
+        seen.append(batch)
+        return batch.reshape(len(batch), -1)[:, :7].astype(np.float64) / 50
+
+    np.testing.assert_array_equal(tta_logits(predict, images, 1), predict(images))
+    seen.clear()
+    two = tta_logits(predict, images, 2)
+    views = dihedral_views(images)
+    np.testing.assert_array_equal(seen[1], images[:, :, ::-1])  # the second view is the mirror image
+    expected = (softmax(predict(views[0])) + softmax(predict(views[4]))) / 2
+    np.testing.assert_allclose(softmax(two), expected, rtol=1e-9)
+    seen.clear()
+    tta_logits(predict, images, 8)
+    assert sorted(v.tobytes() for v in seen) == sorted(v.tobytes() for v in views)  # each symmetry once
+    with pytest.raises(ValueError, match="--tta 3: use one of 1, 2, 4, 8"):
+        tta_logits(predict, images, 3)
+
+
+def test_evaluate_with_tta_on_the_akida_model(run, tmp_path):
+    """Eight views through the Akida model: scored like one view, and the view count recorded in the JSON."""
+    run_dir, config, images, gt = run
+    one = evaluate_model(run_dir / "qana.fbz", images, "isic2018", ground_truth=gt, **QUIET)
+    eight = evaluate_model(run_dir / "qana.fbz", images, "isic2018", ground_truth=gt, tta=8, **QUIET)
+    assert one["tta_views"] == 1 and eight["tta_views"] == 8
+    _check_metrics(eight, 2 * len(CLASSES))
+    with pytest.raises(ValueError, match="--tta 5"):
+        evaluate_model(run_dir / "qana.fbz", images, "isic2018", ground_truth=gt, tta=5, **QUIET)

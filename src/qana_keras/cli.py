@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--min-units", type=int, help="subgroups with fewer lesions (patients) are flagged too few to "
                                                  "judge (default 50, see qana_keras.evaluation.subgroups)")
+    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
+                   help="average the softmax over this many flips/rotations of each image (default 1: none); on a "
+                        "chip each view is one more inference")
     p.add_argument("--no-figures", action="store_true", help="write the JSON only")
     p.set_defaults(func=commands.cmd_evaluate)
 

@@ -190,7 +190,7 @@ def cmd_evaluate(args) -> int:
     evaluate_to_json(args.json, figures=not args.no_figures, model_path=args.model, data=args.data, fmt=args.format,
                      split=args.split, split_file=args.split_file, ground_truth=args.ground_truth,
                      cache_dir=args.cache_dir, group_by=args.group_by, lesion_groups=args.lesion_groups,
-                     n_boot=args.n_boot, min_units=args.min_units)
+                     n_boot=args.n_boot, min_units=args.min_units, tta=args.tta)
     print(f"wrote {args.json}" + ("" if args.no_figures else " and its PNGs"))
     return 0
 

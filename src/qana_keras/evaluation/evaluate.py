@@ -138,13 +138,20 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
                    split_file: str | Path | None = None, ground_truth: str | Path | None = None,
                    cache_dir: str | Path | None = None, batch_size: int = 100, group_by: str | None = None,
                    lesion_groups: str | Path | None = None, n_boot: int = N_BOOT, seed: int = 0,
-                   min_units: int | None = None, log=print) -> dict:
+                   min_units: int | None = None, tta: int = 1, log=print) -> dict:
     """Metrics of ``model_path`` on the data: top-1, balanced accuracy, macro-F1 (95% group-bootstrap
-    intervals), per class (recall and AUC with intervals), ROC curves, confusion matrix, subgroups."""
+    intervals), per class (recall and AUC with intervals), ROC curves, confusion matrix, subgroups.
+
+    ``tta`` > 1 averages the softmax over that many flips/rotations of each image (qana_keras.runtime.tta):
+    on a chip, ``tta`` inferences per image."""
+    from qana_keras.runtime.tta import VIEW_COUNTS, tta_logits
+
     from qana_keras.config import load_config
 
     began = time.perf_counter()
     check_n_boot(n_boot)
+    if tta not in VIEW_COUNTS:
+        raise ValueError(f"--tta {tta}: use one of {', '.join(map(str, VIEW_COUNTS))} views per image")
     model_path = Path(model_path)
     model = load_model_any(model_path)
     size = model_image_size(model_path, model)
@@ -155,15 +162,16 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
     if meta.empty:
         raise ValueError(f"{data}: no images to evaluate" + (f" in split {split!r}" if split else ""))
     images = model_inputs(meta, config.data, size, fmt, cache_dir, log)
-    log(f"evaluating {model_path.name} on {len(images)} images ...")
-    logits = run_with_progress(model, images, f"evaluating {len(images)} images", batch_size, 30.0, log=log)[0]
+    log(f"evaluating {model_path.name} on {len(images)} images" + (f", {tta} views each" if tta > 1 else "") + " ...")
+    logits = tta_logits(lambda views: run_with_progress(model, views, f"evaluating {len(views)} images", batch_size,
+                                                        30.0, log=log)[0], images, tta)
     if logits.shape[1] != len(CLASSES):
         raise ValueError(f"{model_path} outputs {logits.shape[1]} values per image, not the {len(CLASSES)} classes")
     log(f"metrics with {n_boot} bootstrap resamples (intervals, ROC, subgroups) ...")
     metrics = evaluation_metrics(meta, logits, fmt, group_by=group_by, n_boot=n_boot, seed=seed,
                                  min_units=min_units)
     out = {"model": str(model_path), "model_type": type(model).__name__, "data": str(data), "format": fmt,
-           "split": split, "image_size": size, "crop": config.data.crop, **metrics,
+           "split": split, "image_size": size, "crop": config.data.crop, "tta_views": tta, **metrics,
            "seconds": round(time.perf_counter() - began, 1)}
     ci = metrics["bootstrap_95"]
     log(f"{model_path.name} on {fmt}{' ' + split if split else ''} ({metrics['n_images']} images, "

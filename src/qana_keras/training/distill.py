@@ -17,15 +17,7 @@ import numpy as np
 
 from qana_keras.io import atomic_path
 from qana_keras.metrics import softmax
-
-
-def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips/rotations of a batch of square images (N, S, S, C)."""
-    views = []
-    for flipped in (images, images[:, :, ::-1]):
-        for k in range(4):
-            views.append(np.ascontiguousarray(np.rot90(flipped, k, axes=(1, 2))))
-    return views
+from qana_keras.runtime.tta import dihedral_views
 
 
 def model_probabilities(model, images: np.ndarray, tta: bool = True, batch_size: int = 256) -> np.ndarray:
