@@ -9,32 +9,33 @@ differences count only when the paired lesion-bootstrap interval excludes zero (
 With ``--source DIR`` (an ISIC 2019-layout folder, e.g. $QANA_ISIC2019_DIR) the validation split of that source
 is compared too (``val_<folder>``, paired by its lesions): how each model carries to another clinic's images.
 
-usage: python scripts/paired_compare.py A B [--tta] [--source DIR ...] [--json OUT]
+Test-time augmentation (``--tta`` = 8 views for both; ``--tta-a N`` / ``--tta-b N`` for one) averages the softmax
+over N flips/rotations of each image, for Keras and Akida models alike; the same model with and without it is a
+paired comparison of the views (on a chip, N inferences per image).
+
+usage: python scripts/paired_compare.py A B [--tta | --tta-a N --tta-b N] [--source DIR ...] [--json OUT]
 """
 import argparse
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
-from qana_keras.training.distill import model_probabilities
 from qana_keras.evaluation.evaluate import model_image_size
 from qana_keras.io import write_json
 from qana_keras.metrics import format_difference, headline_metrics, paired_bootstrap_difference
 from qana_keras.runtime.load import load_model_any, predict_logits
+from qana_keras.runtime.tta import VIEW_COUNTS, tta_logits
 
 
-def predictions(path: str, tta: bool, sources: tuple, splits_by_size: dict) -> dict:
-    """Predicted classes of the model at ``path`` on every split (8-view TTA for Keras models with ``tta``)."""
+def predictions(path: str, views: int, sources: tuple, splits_by_size: dict) -> dict:
+    """Predicted classes of the model at ``path`` on every split, averaged over ``views`` flips/rotations."""
     model = load_model_any(path)
     size = model_image_size(path, model)
     if size not in splits_by_size:
         splits_by_size[size] = load_splits(DataConfig(image_size=size, extra_sources=sources), extra_sources=True)
     data = splits_by_size[size]
-    keras_model = path.endswith(".h5")
-    if tta and not keras_model:
-        raise SystemExit(f"{path}: --tta averages Keras models only; compare Akida models without it")
-    return {split: (model_probabilities(model, data[split].images, tta) if keras_model
-                    else predict_logits(model, data[split].images)).argmax(1) for split in evaluated(data)}, data
+    return {split: tta_logits(lambda images: predict_logits(model, images), data[split].images, views).argmax(1)
+            for split in evaluated(data)}, data
 
 
 def evaluated(data: dict) -> list[str]:
@@ -46,15 +47,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", help="baseline model (.h5 or .fbz, config.yaml beside it)")
     parser.add_argument("b", help="the changed model")
-    parser.add_argument("--tta", action="store_true", help="average each Keras model over 8 flips/rotations")
+    parser.add_argument("--tta", action="store_true", help="average both models over 8 flips/rotations")
+    parser.add_argument("--tta-a", type=int, choices=VIEW_COUNTS, help="views of model A (default 1, 8 with --tta)")
+    parser.add_argument("--tta-b", type=int, choices=VIEW_COUNTS, help="views of model B (default 1, 8 with --tta)")
     parser.add_argument("--source", action="append", default=[], help="an extra source's folder (ISIC 2019 layout)")
     parser.add_argument("--json")
     args = parser.parse_args()
     splits_by_size: dict = {}
     preds, data = {}, None
+    views = {key: given or (8 if args.tta else 1) for key, given in (("a", args.tta_a), ("b", args.tta_b))}
     for key, path in (("a", args.a), ("b", args.b)):
-        preds[key], data = predictions(path, args.tta, tuple(args.source), splits_by_size)
-    result = {"a": args.a, "b": args.b, "tta": args.tta, "sources": args.source}
+        preds[key], data = predictions(path, views[key], tuple(args.source), splits_by_size)
+    result = {"a": args.a, "b": args.b, "tta_views": views, "sources": args.source}
     for split in evaluated(data):
         labels, groups = data[split].labels, data[split].frame["lesion_id"].to_numpy()  # same rows at every size
         for key in ("a", "b"):
