@@ -87,6 +87,23 @@ def test_predict_h5_matches_the_keras_model(tmp_path, tiny_qana, image_folder):
     assert [result.rows[0]["probabilities"][c] for c in CLASSES] == pytest.approx(expected.tolist(), abs=1e-5)
 
 
+def test_predict_with_tta_averages_the_mirrored_views(tmp_path, tiny_qana, image_folder):
+    from qana_keras.data.cache import resize_image
+    from qana_keras.data.images import read_rgb
+    from qana_keras.metrics import softmax
+    from qana_keras.evaluation.predict import predict_images
+
+    h5 = tmp_path / "tiny_float.h5"
+    tiny_qana.model.save(h5, save_format="h5")
+    result = predict_images(image_folder, h5, tta=2)
+    image = resize_image(read_rgb(image_folder / "a.jpg"), 16)[None]
+    views = [image, image[:, :, ::-1]]
+    expected = np.mean([softmax(tiny_qana.model.predict(v, verbose=0).astype(np.float64))[0] for v in views], axis=0)
+    assert [result.rows[0]["probabilities"][c] for c in CLASSES] == pytest.approx(expected.tolist(), abs=1e-5)
+    with pytest.raises(ValueError, match="--tta 3"):
+        predict_images(image_folder, h5, tta=3)
+
+
 def test_predict_wrong_class_count_is_a_one_line_error(tmp_path, tiny_qana, image_folder, capsys):
     fbz = _fbz_with_classes(tmp_path, tiny_qana, ["akiec", "bcc"])
     assert main(["predict", str(image_folder / "a.jpg"), "--model", str(fbz)]) == 2

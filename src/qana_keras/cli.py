@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the predictions as CSV (file, predicted, probability, top3, p_<class>)")
     p.add_argument("--json", help="also write the predictions and the skipped files as JSON")
     p.add_argument("--batch-size", type=int, default=100, help="images per model call")
+    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
+                   help="average the probabilities over this many flips/rotations of each image (default 1: none)")
     p.set_defaults(func=commands.cmd_predict)
 
     p = verbs.add_parser("report", help="reports/ (Markdown + PNG) from the committed models' JSON and fresh "

@@ -199,7 +199,7 @@ def cmd_predict(args) -> int:
     from qana_keras.evaluation.predict import (format_table, predict_images, report_skipped, write_csv,
                                     write_predictions_json)
 
-    result = predict_images(args.images, args.model, batch_size=args.batch_size)
+    result = predict_images(args.images, args.model, batch_size=args.batch_size, tta=args.tta)
     if result.rows:
         print(format_table(result))
     report_skipped(result)

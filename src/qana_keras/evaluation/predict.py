@@ -108,10 +108,14 @@ def prediction_rows(paths: list[Path], logits: np.ndarray, classes: tuple[str, .
     return rows
 
 
-def predict_images(target: str | Path, model_path: str | Path, batch_size: int = 100) -> Predictions:
-    """Classify the image ``target`` or every image file in the folder ``target``."""
+def predict_images(target: str | Path, model_path: str | Path, batch_size: int = 100, tta: int = 1) -> Predictions:
+    """Classify the image ``target`` or every image file in the folder ``target``; ``tta`` > 1 averages the
+    probabilities over that many flips/rotations of each image (qana_keras.runtime.tta)."""
     from qana_keras.runtime.load import load_model_any, predict_logits
+    from qana_keras.runtime.tta import VIEW_COUNTS, tta_logits
 
+    if tta not in VIEW_COUNTS:
+        raise ValueError(f"--tta {tta}: use one of {', '.join(map(str, VIEW_COUNTS))} views per image")
     model_path = Path(model_path)
     paths = list_inputs(target)
     _refuse_crop_models(model_path)
@@ -122,7 +126,7 @@ def predict_images(target: str | Path, model_path: str | Path, batch_size: int =
     result = Predictions(str(model_path), classes, size, skipped=skipped)
     if not kept:
         return result
-    logits = predict_logits(model, images, batch_size).reshape(len(kept), -1)
+    logits = tta_logits(lambda views: predict_logits(model, views, batch_size).reshape(len(kept), -1), images, tta)
     if logits.shape[1] != len(classes):
         source = model_path.parent / "classes.json"
         raise ValueError(f"{model_path} outputs {logits.shape[1]} values per image but "
