@@ -108,11 +108,11 @@ class TrainConfig:
     # Weight averaging (qana_keras.training.averaging): validate, select and save an exponential moving average
     # of the weights with this decay per batch; 0 = the trained weights themselves.
     ema_decay: float = 0.0
-    # Batch mixing (qana_keras.data.pipeline.mix_batch): ``mixup`` blends two images and their targets,
-    # ``cutmix`` pastes a box of one into the other; the share comes from Beta(mix_alpha, mix_alpha).
     # Which validation epoch is kept: ``val_macro_f1`` (HAM10000 validation macro-F1) or ``source_mean``: the
     # mean of that and each extra source's validation balanced accuracy (qana_keras.training.train.selection_score).
     selection: str = "val_macro_f1"
+    # Batch mixing (qana_keras.data.pipeline.mix_batch): ``mixup`` blends two images and their targets,
+    # ``cutmix`` pastes a box of one into the other; the share comes from Beta(mix_alpha, mix_alpha).
     mix: str = "none"  # none | mixup | cutmix
     mix_alpha: float = 0.2
     max_images: int = 0  # 0 = all; > 0 keeps a class-stratified subset per split (quick profile)

@@ -144,14 +144,12 @@ def evaluate_model(model_path: str | Path, data: str | Path, fmt: str = "ham1000
 
     ``tta`` > 1 averages the softmax over that many flips/rotations of each image (qana_keras.runtime.tta):
     on a chip, ``tta`` inferences per image."""
-    from qana_keras.runtime.tta import VIEW_COUNTS, tta_logits
-
     from qana_keras.config import load_config
+    from qana_keras.runtime.tta import check_views, tta_logits
 
     began = time.perf_counter()
     check_n_boot(n_boot)
-    if tta not in VIEW_COUNTS:
-        raise ValueError(f"--tta {tta}: use one of {', '.join(map(str, VIEW_COUNTS))} views per image")
+    check_views(tta)
     model_path = Path(model_path)
     model = load_model_any(model_path)
     size = model_image_size(model_path, model)

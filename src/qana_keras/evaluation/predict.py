@@ -112,10 +112,9 @@ def predict_images(target: str | Path, model_path: str | Path, batch_size: int =
     """Classify the image ``target`` or every image file in the folder ``target``; ``tta`` > 1 averages the
     probabilities over that many flips/rotations of each image (qana_keras.runtime.tta)."""
     from qana_keras.runtime.load import load_model_any, predict_logits
-    from qana_keras.runtime.tta import VIEW_COUNTS, tta_logits
+    from qana_keras.runtime.tta import check_views, tta_logits
 
-    if tta not in VIEW_COUNTS:
-        raise ValueError(f"--tta {tta}: use one of {', '.join(map(str, VIEW_COUNTS))} views per image")
+    check_views(tta)
     model_path = Path(model_path)
     paths = list_inputs(target)
     _refuse_crop_models(model_path)

@@ -24,10 +24,15 @@ def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
     return views
 
 
+def check_views(views: int) -> None:
+    """Refuse a view count other than VIEW_COUNTS (before any model is loaded)."""
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"--tta {views}: use one of {', '.join(map(str, VIEW_COUNTS))} views per image")
+
+
 def tta_logits(predict, images: np.ndarray, views: int) -> np.ndarray:
     """log of the softmax averaged over the first ``views`` of VIEW_ORDER; ``predict(images) -> logits``."""
-    if views not in VIEW_COUNTS:
-        raise ValueError(f"--tta {views}: use one of {', '.join(map(str, VIEW_COUNTS))} views")
+    check_views(views)
     if views == 1:
         return predict(images)
     all_views = dihedral_views(images)
