@@ -17,13 +17,13 @@ import numpy as np
 
 from qana_keras.io import atomic_path
 from qana_keras.metrics import softmax
-from qana_keras.runtime.tta import dihedral_views
+from qana_keras.runtime.tta import tta_logits
 
 
 def model_probabilities(model, images: np.ndarray, tta: bool = True, batch_size: int = 256) -> np.ndarray:
     """Softmax of a Keras model, averaged over the 8 dihedral views with ``tta``."""
-    views = dihedral_views(images) if tta else [images]
-    return np.mean([softmax(model.predict(v, batch_size=batch_size, verbose=0)) for v in views], axis=0)
+    return softmax(tta_logits(lambda views: model.predict(views, batch_size=batch_size, verbose=0), images,
+                              8 if tta else 1))
 
 
 def write_soft_targets(path: str | Path, image_ids, probabilities: np.ndarray, classes, teachers) -> None:
