@@ -88,3 +88,18 @@ def test_training_with_soft_targets(tmp_path):
             for name in ("labels", "weight0", "weight1")}
     assert loss["weight0"] == loss["labels"]
     assert loss["weight1"] >= np.log(len(CLASSES)) - 1e-4  # cross-entropy to a uniform target >= its entropy
+
+
+def test_model_probabilities_average_the_eight_views():
+    import tf_keras as keras
+
+    from qana_keras.metrics import softmax
+    from qana_keras.training.distill import model_probabilities
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    images = np.random.default_rng(1).integers(0, 256, (5, 4, 4, 3)).astype(np.float32) / 255
+    expected = np.mean([softmax(model.predict(v, verbose=0)) for v in dihedral_views(images)], axis=0)
+    np.testing.assert_allclose(model_probabilities(model, images), expected, rtol=1e-5)
+    np.testing.assert_allclose(model_probabilities(model, images, tta=False), softmax(model.predict(images, verbose=0)),
+                               rtol=1e-6)
