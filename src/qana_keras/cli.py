@@ -9,6 +9,7 @@ import sys
 import qana_keras  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 from qana_keras import commands
 from qana_keras.config import REPO_ROOT
+from qana_keras.runtime.tta import VIEW_COUNTS
 
 
 class _VersionAction(argparse.Action):
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--min-units", type=int, help="subgroups with fewer lesions (patients) are flagged too few to "
                                                  "judge (default 50, see qana_keras.evaluation.subgroups)")
-    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
+    p.add_argument("--tta", type=int, default=1, choices=VIEW_COUNTS,
                    help="average the softmax over this many flips/rotations of each image (default 1: none); on a "
                         "chip each view is one more inference")
     p.add_argument("--no-figures", action="store_true", help="write the JSON only")
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the predictions as CSV (file, predicted, probability, top3, p_<class>)")
     p.add_argument("--json", help="also write the predictions and the skipped files as JSON")
     p.add_argument("--batch-size", type=int, default=100, help="images per model call")
-    p.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
+    p.add_argument("--tta", type=int, default=1, choices=VIEW_COUNTS,
                    help="average the probabilities over this many flips/rotations of each image (default 1: none)")
     p.set_defaults(func=commands.cmd_predict)
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from qana_keras.metrics import softmax
-
 # Views in the order they are added: identity, mirror, then the rotations with and without the mirror, so that
 # 2 views = identity + mirror and 4 = those rotated by 90 degrees.
 VIEW_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
@@ -32,6 +30,8 @@ def check_views(views: int) -> None:
 
 def tta_logits(predict, images: np.ndarray, views: int) -> np.ndarray:
     """log of the softmax averaged over the first ``views`` of VIEW_ORDER; ``predict(images) -> logits``."""
+    from qana_keras.metrics import softmax  # here, so that the CLI reads VIEW_COUNTS without scikit-learn
+
     check_views(views)
     if views == 1:
         return predict(images)
