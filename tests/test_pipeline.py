@@ -7,7 +7,7 @@ from qana_keras.config import TrainConfig
 from qana_keras.data import ham10000
 from qana_keras.data.checks import DatasetError
 from qana_keras.data.cache import load_cached_images
-from qana_keras.data.pipeline import class_weights, make_dataset, mix_batch
+from qana_keras.data.pipeline import augment, class_weights, make_dataset, mix_batch
 
 
 def test_class_weights():
@@ -114,3 +114,23 @@ def test_cache_names_a_corrupt_image(tmp_path):
         f.truncate(200)
     with pytest.raises(DatasetError, match=paths[3].rsplit("/", 1)[1]):
         load_cached_images(paths, 24, tmp_path / "cache", log=lambda *_: None)
+
+
+def test_channel_gain_scales_each_channel_within_its_range_and_leaves_other_runs_alone():
+    import tensorflow as tf
+
+    image = tf.constant(np.full((8, 8, 3), 100, np.uint8))
+    seed = tf.constant([4, 2], tf.int64)
+    off = TrainConfig(augment_flips=False, augment_rot90=False, augment_zoom=0, augment_color=0)
+    on = TrainConfig(augment_flips=False, augment_rot90=False, augment_zoom=0, augment_color=0,
+                     augment_channel_gain=0.2)
+    np.testing.assert_array_equal(augment(image, seed, off).numpy(), image.numpy())
+    gained = augment(image, seed, on).numpy().astype(np.float64)
+    gains = gained[0, 0] / 100
+    assert np.all(gained == gained[0, 0]) and np.all((gains >= 0.8 - 0.01) & (gains <= 1.2 + 0.01))
+    assert len(set(np.round(gains, 3))) == 3  # a white-balance shift: each channel its own gain
+    # The other augmentations draw the same values with or without it (published runs keep their trajectory).
+    varied = tf.constant(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    plain, with_gain = TrainConfig(augment_zoom=0.2), TrainConfig(augment_zoom=0.2, augment_channel_gain=1e-9)
+    np.testing.assert_array_equal(augment(varied, seed, plain).numpy(), augment(varied, seed, with_gain).numpy())
+    assert not np.array_equal(augment(varied, seed, plain).numpy(), varied.numpy())

@@ -95,6 +95,8 @@ class TrainConfig:
     augment_rot90: bool = True
     augment_color: float = 0.1  # brightness/contrast/saturation jitter amplitude; 0 disables
     augment_zoom: float = 0.1  # random crop-and-resize up to this fraction; 0 disables
+    # Per-channel gain in [1 - a, 1 + a] (a white-balance shift: other cameras and illuminants); 0 disables.
+    augment_channel_gain: float = 0.0
     seed: int = 0
     # Fine-tuning: start from the weights of this float model (.h5 of the same variant and input size) instead
     # of a random initialisation; "" = from scratch.
@@ -181,6 +183,7 @@ RULES = {
     "train.loss": _one_of("cross_entropy", "balanced_softmax"),
     "train.augment_color": _at_least(0.0),
     "train.augment_zoom": _between(0.0, 1.0, high_open=True),
+    "train.augment_channel_gain": _between(0.0, 1.0, high_open=True),
     "train.soft_target_weight": _between(0.0, 1.0),
     "train.max_images": _at_least(0),
     "train.backbone_lr_scale": _between(0.0, 1.0),

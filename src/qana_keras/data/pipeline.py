@@ -31,7 +31,7 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, config: TrainConfig) -> tf.Tensor:
-    """Flips, 90-degree rotations, zoom and colour jitter, all stateless (``seed`` is shape [2])."""
+    """Flips, 90-degree rotations, zoom, colour jitter and channel gain, all stateless (``seed`` is shape [2])."""
     seeds = tf.random.experimental.stateless_split(seed, num=6)
     x = tf.cast(image, tf.float32)
     size = tf.shape(x)[0]
@@ -55,6 +55,10 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: TrainConfig) -> tf.Tensor
         gray = tf.reduce_mean(x, axis=-1, keepdims=True)
         x = (x - gray) * (1.0 + jitter[1]) + gray  # saturation
         x = x * (1.0 + jitter[2])  # brightness
+    if config.augment_channel_gain > 0:
+        # Its own seed (folded in, not a seventh split) so that runs without it keep their exact trajectory.
+        a = config.augment_channel_gain
+        x = x * (1.0 + tf.random.stateless_uniform([3], tf.random.experimental.stateless_fold_in(seed, 6), -a, a))
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
 
 
