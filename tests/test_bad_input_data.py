@@ -31,7 +31,7 @@ from qana_keras.config import ConfigError, load_config
                                       r"balanced, sqrt"),
     ("data.crop=center", r"data.crop='center' is out of range; allowed: one of none, saliency, mask"),
     ("train.learning_rate=0", r"train.learning_rate=0.0 is out of range"),
-    ("train.loss=focal", r"train.loss='focal' is out of range; allowed: one of cross_entropy, balanced_softmax"),
+    ("train.loss=focal", r"train.loss='focal' is out of range; allowed: one of cross_entropy, balanced_softmax, ldam"),
     ("train.ema_decay=1", r"train.ema_decay=1.0 is out of range; allowed: a number in \[0.0, 1.0\)"),
     ("train.mix=blend", r"train.mix='blend' is out of range; allowed: one of none, mixup, cutmix"),
     ("train.mix_alpha=0", r"train.mix_alpha=0.0 is out of range; allowed: a number > 0"),

@@ -88,7 +88,8 @@ class TrainConfig:
     weight_decay: float = 5e-5
     warmup_epochs: int = 2
     label_smoothing: float = 0.0
-    loss: str = "cross_entropy"  # cross_entropy | balanced_softmax (qana_keras.training.losses)
+    loss: str = "cross_entropy"  # cross_entropy | balanced_softmax | ldam (qana_keras.training.losses)
+    ldam_margin: float = 0.5  # train.loss=ldam: the rarest class's margin, in logits
     class_weighting: str = "sqrt"  # none | balanced | sqrt (square root of the balanced weights)
     balanced_sampling: bool = False
     augment_flips: bool = True
@@ -180,7 +181,8 @@ RULES = {
     "train.warmup_epochs": _at_least(0),
     "train.label_smoothing": _between(0.0, 1.0, high_open=True),
     "train.class_weighting": _one_of("none", "balanced", "sqrt"),
-    "train.loss": _one_of("cross_entropy", "balanced_softmax"),
+    "train.loss": _one_of("cross_entropy", "balanced_softmax", "ldam"),
+    "train.ldam_margin": ((lambda v: v > 0), "a number > 0"),
     "train.augment_color": _at_least(0.0),
     "train.augment_zoom": _between(0.0, 1.0, high_open=True),
     "train.augment_channel_gain": _between(0.0, 1.0, high_open=True),

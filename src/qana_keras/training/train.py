@@ -292,7 +292,8 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         model = build_model(config.model, input_size=config.data.image_size, num_classes=len(classes))
         optimizer = build_optimizer(config, steps_per_epoch)
         model.compile(optimizer=optimizer,
-                      loss=build_loss(t.loss, train_data.labels, len(classes), label_smoothing=t.label_smoothing))
+                      loss=build_loss(t.loss, train_data.labels, len(classes), label_smoothing=t.label_smoothing,
+                                      ldam_margin=t.ldam_margin))
         rngs = dropout_generators(model)
         averager = WeightAverage(model, t.ema_decay) if t.ema_decay else None
     averaged = {"weight_average": averager.state} if averager else {}
