@@ -205,8 +205,10 @@ def test_convert_run_refuses_to_overwrite(qana_run):
 @pytest.mark.slow  # the 8-bit path is covered by the default tests
 def test_four_bit_conversion_has_its_own_artifacts(qana_run):
     run, _, _ = qana_run
-    report = convert_run(run, bits=4, num_calibration=32, batch_size=16, qat_epochs=0, **QUIET)
+    report = convert_run(run, bits=4, num_calibration=32, batch_size=16, qat_epochs=1, qat_threshold=-1.0,
+                         qat_loss="logits", **QUIET)
     assert report["precision"] == "i8_w4_a4" and report["r_succ"] == 1.0
+    assert report["qat"]["done"] and "squared error to the float model's logits" in report["qat"]["loss"]
     for name in ("qana_i8_w4_a4.h5", "qana_i8_w4_a4.fbz", "conversion_i8_w4_a4.json"):
         assert (run / name).exists(), name
 
@@ -235,3 +237,32 @@ def test_fit_progress_reports_images_done_within_an_epoch():
     progress = FitProgress("QAT epoch 1/1", 40, 8, every_seconds=0.0, log=lines.append)
     model.fit(np.zeros((40, 4)), np.zeros((40, 2)), batch_size=8, epochs=1, verbose=0, callbacks=[progress])
     assert lines[0].startswith("QAT epoch 1/1: 8/40 images") and lines[-1].startswith("QAT epoch 1/1: 40/40 images")
+
+
+def test_qat_on_logits_pulls_the_logits_to_the_float_models_and_the_cli_offers_each_loss():
+    from types import SimpleNamespace
+
+    import tf_keras as keras
+
+    from qana_keras import cli
+    from qana_keras.conversion.qat import QAT_LOSSES, _val_scores, quantization_aware_finetune
+
+    rng = np.random.default_rng(0)
+    x, x_val = rng.normal(size=(256, 4)).astype("float32"), rng.normal(size=(64, 4)).astype("float32")
+    teacher = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
+    student = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
+    classes = ["a", "b", "c"]
+    val = SimpleNamespace(images=x_val, labels=predict_logits(teacher, x_val).argmax(1))
+    reference = _val_scores(teacher, val.images, val.labels, classes=classes)
+    start = _val_scores(student, val.images, val.labels, reference["logits"], classes=classes)
+    before = np.mean((predict_logits(student, x_val) - reference["logits"]) ** 2)
+    result = quantization_aware_finetune(student, x, predict_logits(teacher, x), val, reference, start, epochs=5,
+                                         learning_rate=0.05, batch_size=32, loss="logits", log=lambda *_: None)
+    after = np.mean((predict_logits(student, x_val) - reference["logits"]) ** 2)
+    assert after < 0.1 * before and result["loss"] == QAT_LOSSES["logits"]
+    assert result["val"]["argmax_agreement"] > start["argmax_agreement"]
+    with pytest.raises(ValueError, match="QAT loss 'kl': use one of softmax, logits"):
+        quantization_aware_finetune(student, x, x[:, :3], val, reference, start, 1, 0.01, loss="kl")
+    convert = cli.build_parser()._subparsers._group_actions[0].choices["convert"]
+    offered = next(a for a in convert._actions if a.dest == "qat_loss").choices
+    assert tuple(offered) == tuple(QAT_LOSSES)

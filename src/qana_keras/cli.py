@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qat-epochs", type=int, default=3,
                    help="quantization-aware fine-tuning epochs if PTQ loses > 0.5 pt val top-1 (0 disables)")
     p.add_argument("--qat-lr", type=float, default=1e-5, help="quantization-aware fine-tuning learning rate")
+    # The names of conversion.qat.QAT_LOSSES (not imported: the CLI starts without TensorFlow; a test keeps them equal).
+    p.add_argument("--qat-loss", choices=("softmax", "logits"), default="softmax",
+                   help="what the integer model learns from the float one: its softmax (cross-entropy) or its "
+                        "logits (mean squared error)")
     p.add_argument("--qat-stop-when-met", action="store_true",
                    help="stop fine-tuning at the first epoch meeting every fidelity target on validation (faster)")
     p.add_argument("--spike-rate", type=float, default=0.1,

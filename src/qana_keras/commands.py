@@ -126,7 +126,7 @@ def cmd_convert(args) -> int:
 
     try:
         convert_run(args.run, bits=args.bits, num_calibration=args.calibration, batch_size=args.batch_size,
-                    qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
+                    qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr, qat_loss=args.qat_loss,
                     qat_stop_when_met=args.qat_stop_when_met, spike_rate=args.spike_rate, overwrite=args.overwrite,
                     quick=args.quick)
     except ConversionError as error:

@@ -14,6 +14,9 @@ from qana_keras.runtime.load import predict_logits
 
 # Post-training quantization that misses any of these on validation triggers quantization-aware fine-tuning.
 TARGETS = FIDELITY_TARGETS
+# What the quantized model learns from the float one (quantization_aware_finetune ``loss``).
+QAT_LOSSES = {"softmax": "cross-entropy to the float model's softmax on the training images (distillation, T=1)",
+              "logits": "mean squared error to the float model's logits on the training images"}
 
 
 def _val_scores(model, images, labels, reference_logits: np.ndarray | None = None, classes=CLASSES) -> dict:
@@ -71,12 +74,15 @@ class FitProgress(keras.callbacks.Callback):
 
 def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher_logits: np.ndarray, val,
                                 reference: dict, start: dict, epochs: int, learning_rate: float,
-                                batch_size: int = 64, seed: int = 0, stop_when_met: bool = False, log=print) -> dict:
+                                batch_size: int = 64, seed: int = 0, stop_when_met: bool = False, loss: str = "softmax",
+                                log=print) -> dict:
     """Fine-tune the quantized model in place by distillation from the float model; keep the best epoch.
 
-    The loss is the cross-entropy between the quantized model's softmax and the float model's
+    ``loss="softmax"``: the cross-entropy between the quantized model's softmax and the float model's
     (``teacher_logits`` on the training images), so the integer model learns to reproduce the float
-    model's decisions, rare classes included, rather than to chase the labels again. Constant low
+    model's decisions, rare classes included, rather than to chase the labels again. ``loss="logits"``:
+    the squared error of the logits themselves, which also weighs the gap between the top two classes
+    where the softmax is already confident. Constant low
     learning rate: weights move on their quantization grid while the calibrated activation ranges
     (non-trainable) stay fixed. Epoch 0 is the post-training-quantized model ``start``; the kept epoch
     has the smallest validation ``target_gap`` (ties: higher top-1). With ``stop_when_met``, training
@@ -84,10 +90,15 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
     """
     import tensorflow as tf
 
+    if loss not in QAT_LOSSES:
+        raise ValueError(f"QAT loss {loss!r}: use one of {', '.join(QAT_LOSSES)}")
     keras.utils.set_random_seed(seed)
-    soft_targets = tf.nn.softmax(teacher_logits.astype(np.float32)).numpy()
-    qmodel.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    if loss == "softmax":
+        targets = tf.nn.softmax(teacher_logits.astype(np.float32)).numpy()
+        objective = keras.losses.CategoricalCrossentropy(from_logits=True)
+    else:
+        targets, objective = teacher_logits.astype(np.float32), keras.losses.MeanSquaredError()
+    qmodel.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=objective)
     rng = np.random.default_rng(seed)
 
     def rank(scores):
@@ -98,7 +109,7 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
     for epoch in range(epochs):
         began = time.perf_counter()
         order = rng.permutation(len(images))
-        fit = qmodel.fit(images[order], soft_targets[order], batch_size=batch_size, epochs=1, verbose=0,
+        fit = qmodel.fit(images[order], targets[order], batch_size=batch_size, epochs=1, verbose=0,
                          callbacks=[FitProgress(f"QAT epoch {epoch + 1}/{epochs}", len(images), batch_size, log=log)])
         scores = _val_scores(qmodel, val.images, val.labels, reference["logits"], classes=list(reference["recall"]))
         gap = target_gap(scores, reference)
@@ -109,7 +120,7 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
         better = rank(scores) > rank(best["scores"])
         if better:
             best = {"epoch": epoch + 1, "scores": scores, "weights": qmodel.get_weights()}
-        log(f"QAT epoch {epoch + 1}/{epochs}  distillation loss {row['loss']:.4f}  val top-1 {row['val_top1']:.4f}  "
+        log(f"QAT epoch {epoch + 1}/{epochs}  distillation loss ({loss}) {row['loss']:.4f}  val top-1 {row['val_top1']:.4f}  "
             f"macro-F1 {row['val_macro_f1']:.4f}  agreement {row['val_argmax_agreement']:.4f}  "
             f"target gap {gap:.2f}{'  *best*' if better else ''}  {row['seconds']:.0f}s")
         if stop_when_met and gap <= 1.0:
@@ -118,7 +129,7 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
     qmodel.set_weights(best["weights"])
     return {"history": history, "selected_epoch": best["epoch"], "val": _public(best["scores"]),
             "learning_rate": learning_rate, "batch_size": batch_size, "ptq_target_gap": target_gap(start, reference),
-            "loss": "cross-entropy to the float model's softmax on the training images (distillation, T=1)",
+            "loss": QAT_LOSSES[loss],
             "selection": "validation epoch (0 = post-training quantization) with the smallest target gap: the "
                          "largest of top-1 drop / 0.5 pt, macro-F1 drop / 1 pt, disagreement / 1 %, worst "
                          "class-recall drop / 2 pt against the float model; ties: top-1"}
