@@ -7,7 +7,8 @@ from fixtures import random_images
 from test_convert import converted_tiny_run
 
 from qana_keras import CLASSES
-from qana_keras.onchip.deploy import VIRTUAL_DEVICES, deploy_run, fidelity_markdown, fidelity_report, virtual_device_report
+from qana_keras.onchip.deploy import (VIRTUAL_DEVICES, deploy_run, fidelity_markdown, fidelity_report, near_ties,
+                                     virtual_device_report)
 from qana_keras.runtime.progress import run_with_progress
 from qana_keras.runtime.load import predict_logits
 from qana_keras.runtime.devices import NO_BOARD_NOTE, STANDARD_DEVICES, DeviceError
@@ -81,6 +82,27 @@ def test_fidelity_report_checks_the_targets():
     assert report["worst_class_recall_drop"]["pt"] == pytest.approx(10.0)
     md = fidelity_markdown({**report, "akida_backend": "test"}, "t")
     assert "| recall vasc (n=30) |" in md and "**no**" in md
+
+
+def test_near_ties_separate_coin_toss_flips_from_changed_decisions():
+    rng = np.random.default_rng(1)
+    rows = np.arange(400)
+    reference = rng.normal(0, 1, (400, 7)).astype(np.float32)
+    reference[rows, rng.integers(0, 7, 400)] += 6.0  # clear decisions ...
+    order = np.argsort(reference, axis=1)
+    reference[rows[:20], order[:20, -2]] = reference[rows[:20], order[:20, -1]] - 0.01  # ... but 20 near ties
+    other = reference + rng.normal(0, 0.05, reference.shape).astype(np.float32)
+    other[rows[:20], order[:20, -2]] += 0.2  # the near ties flip
+    result = near_ties(reference, other)
+    assert result["flips"] == 20 and result["flips_at_near_ties"] == 20
+    assert result["agreement_beyond_near_ties"] == 1.0 and 0.05 <= result["near_tie_share"] < 0.2
+    other[25, order[25, -2]] += 20.0  # a clear decision changed: not a near tie
+    changed = near_ties(reference, other)
+    assert changed["flips"] == 21 and changed["flips_at_near_ties"] <= 20 and changed["agreement_beyond_near_ties"] < 1
+    labels = reference.argmax(1)
+    report = fidelity_report(labels, rows, {"float": reference, "quantized": other, "akida": other}, r_succ=1.0)
+    assert report["near_ties_akida_vs_float"] == changed
+    assert "argmax flips are among them" in fidelity_markdown({**report, "akida_backend": "test"}, "t")
 
 
 def test_fidelity_names_per_class_figures_by_the_runs_classes():
