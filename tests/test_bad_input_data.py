@@ -385,6 +385,21 @@ def test_check_start_builds_the_model_without_imagenet_weights(tmp_path, monkeyp
     assert built == [False] and config.model.pretrained  # the caller's config is not changed
 
 
+def test_check_start_names_a_missing_backbone_file_and_refuses_two_initialisations(tmp_path):
+    from test_train import tiny_config
+
+    from qana_keras.training.train import check_start
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.train.init_backbone_from = str(tmp_path / "missing.h5")
+    with pytest.raises(FileNotFoundError, match=r"train.init_backbone_from: .*missing.h5 not found"):
+        check_start(config, log=_quiet)
+    (tmp_path / "a.h5").write_bytes(b"")
+    config.train.init_backbone_from = config.train.init_from = str(tmp_path / "a.h5")
+    with pytest.raises(ValueError, match="train.init_from and train.init_backbone_from are both set; give one"):
+        check_start(config, log=_quiet)
+
+
 def test_make_quick_deletes_only_its_own_scratch_run():
     """`make all QUICK=1` trains without --overwrite (no runs/qana-quick.replaced-* pile-up) after deleting
     runs/qana-quick itself; with another RUN it deletes nothing."""

@@ -165,3 +165,39 @@ def test_history_has_val_loss_and_metrics_have_recall_intervals(trained):
             ci = row["recall_95"]
             if row["support"]:
                 assert ci["low"] <= row["recall"] <= ci["high"], (split, c)
+
+
+def test_init_backbone_from_copies_a_deeper_cuts_backbone_and_leaves_the_head(tmp_path):
+    import dataclasses
+
+    import tf_keras as keras
+
+    from qana_keras.config import ModelConfig
+    from qana_keras.models.qana import build_model
+    from qana_keras.training.train import load_initial_weights
+
+    def lite0(variant, size):
+        return build_model(ModelConfig(variant=variant, head_channels=16, pretrained=False), input_size=size)
+
+    keras.utils.set_random_seed(1)
+    deeper = lite0("lite0-b7", 64)  # another cut and another input size: the backbone weights do not depend on it
+    deeper.save(tmp_path / "b7.h5", save_format="h5")
+    keras.utils.set_random_seed(2)
+    student = lite0("lite0-b5", 32)
+    head_before = student.get_layer("head/dense").get_weights()
+    load_initial_weights(student, tmp_path / "b7.h5", prefix="lite0/", key="train.init_backbone_from")
+    backbone = [layer for layer in student.layers if layer.name.startswith("lite0/") and layer.weights]
+    assert backbone
+    for layer in backbone:
+        for mine, theirs in zip(layer.get_weights(), deeper.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(mine, theirs)
+    for mine, before in zip(student.get_layer("head/dense").get_weights(), head_before):
+        np.testing.assert_array_equal(mine, before)
+    # A shallower source lacks the deeper blocks; a model without a backbone has nothing to take.
+    student.save(tmp_path / "b5.h5", save_format="h5")
+    with pytest.raises(ValueError, match=r"train.init_backbone_from: .*b5.h5 has no layer 'lite0/block6"):
+        load_initial_weights(lite0("lite0-b7", 64), tmp_path / "b5.h5", prefix="lite0/", key="train.init_backbone_from")
+    qana = build_model(dataclasses.replace(Config().model, widths=(8, 16), stem_filters=8, head_channels=8,
+                                           sa_eca_stages=(2,), se_ratio=4), input_size=16)
+    with pytest.raises(ValueError, match="applies to the pretrained variants"):
+        load_initial_weights(qana, tmp_path / "b7.h5", prefix="lite0/", key="train.init_backbone_from")

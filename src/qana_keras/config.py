@@ -102,6 +102,9 @@ class TrainConfig:
     # Fine-tuning: start from the weights of this float model (.h5 of the same variant and input size) instead
     # of a random initialisation; "" = from scratch.
     init_from: str = ""
+    # Pretrained variants: start the backbone (layers under lite0/) from this float model instead of ImageNet, e.g. a
+    # deeper cut fine-tuned on skin lesions at another input size; the head starts from scratch. "" = ImageNet.
+    init_backbone_from: str = ""
     # Distillation: a teacher-ensemble target file (qana_keras.training.distill; scripts/teacher_targets.py) and the
     # weight of its probabilities in the training target; "" = train on the labels alone.
     soft_targets: str = ""

@@ -147,9 +147,13 @@ def check_start(config: Config, log=print) -> None:
         source_folder(folder)  # an unset $VARIABLE fails here, not after the HAM10000 images are loaded
     classes = run_classes(config.data)
     splits.read_split(config.data.split_file, meta=ham10000.load_metadata(config.data.data_dir))
-    for key, path in (("train.init_from", config.train.init_from), ("train.soft_targets", config.train.soft_targets)):
+    for key in ("init_from", "init_backbone_from", "soft_targets"):
+        path = getattr(config.train, key)
         if path and not Path(path).is_file():
-            raise FileNotFoundError(f"{key}: {path} not found")
+            raise FileNotFoundError(f"train.{key}: {path} not found")
+    if config.train.init_from and config.train.init_backbone_from:
+        raise ValueError("train.init_from and train.init_backbone_from are both set; give one (init_from copies the "
+                         "whole model, init_backbone_from only the pretrained backbone)")
     try:
         # No ImageNet weights: this only checks that the graph builds (lite0-* would read and hash an 18 MB file).
         build_model(dataclasses.replace(config.model, pretrained=False), input_size=config.data.image_size,
@@ -229,25 +233,36 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     atomic_write_text(run_dir / "history.csv", buf.getvalue())
 
 
-def load_initial_weights(model, path: str | Path) -> None:
-    """Copy the weights of the float model at ``path`` into ``model``, layer by layer (by name)."""
+def load_initial_weights(model, path: str | Path, prefix: str = "", key: str = "train.init_from") -> None:
+    """Copy the weights of the float model at ``path`` into ``model``, layer by layer (by name).
+
+    ``prefix``: only the layers whose names start with it (a pretrained backbone, taken from a model with a
+    deeper cut or another input size); the other layers keep their initialisation.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"train.init_from: {path} not found (give a float .h5 written by `qana train`)")
+        raise FileNotFoundError(f"{key}: {path} not found (give a float .h5 written by `qana train`)")
     source = load_keras_model(path)
     theirs = {layer.name: layer for layer in source.layers}
+    what = (f"a model whose backbone holds every layer of this one (the same or a deeper cut)" if prefix
+            else "a model of the same variant and widths")
+    copied = 0
     for layer in model.layers:
-        if not layer.weights:
+        if not layer.weights or not layer.name.startswith(prefix):
             continue
         if layer.name not in theirs:
-            raise ValueError(f"train.init_from: {path} has no layer {layer.name!r}; it must be a model of the same "
-                             "variant and widths")
+            raise ValueError(f"{key}: {path} has no layer {layer.name!r}; it must be {what}")
         shapes = [w.shape for w in theirs[layer.name].get_weights()]
         if shapes != [w.shape for w in layer.get_weights()]:
-            raise ValueError(f"train.init_from: layer {layer.name!r} of {path} has weights {shapes}, this model "
-                             f"{[tuple(w.shape) for w in layer.get_weights()]}; same variant, widths and input size "
-                             "needed")
+            raise ValueError(f"{key}: layer {layer.name!r} of {path} has weights {shapes}, this model "
+                             f"{[tuple(w.shape) for w in layer.get_weights()]}; "
+                             + ("same backbone widths needed" if prefix else
+                                "same variant, widths and input size needed"))
         layer.set_weights(theirs[layer.name].get_weights())
+        copied += 1
+    if not copied:
+        raise ValueError(f"{key}: this model has no layer named {prefix}*; it applies to the pretrained variants "
+                         "(model.variant: lite0-bN)")
 
 
 def train(run_dir: str | Path, config: Config | None = None, resume: bool = False, overwrite: bool = False,
@@ -314,6 +329,9 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
     if t.init_from and not restored:
         load_initial_weights(model, t.init_from)
         log(f"initial weights from {t.init_from}")
+    if t.init_backbone_from and not restored:
+        load_initial_weights(model, t.init_backbone_from, prefix=PRETRAINED_PREFIX, key="train.init_backbone_from")
+        log(f"initial backbone weights ({PRETRAINED_PREFIX}*) from {t.init_backbone_from}; the head starts from scratch")
 
     best_path = artifact_paths(run_dir, config.model.variant)["float"]
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False)
