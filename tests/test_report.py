@@ -158,6 +158,17 @@ def test_report_from_committed_json_without_evaluating(tmp_path):
     assert (tmp_path / "reports" / "results_block.md").read_text().strip() in block
 
 
+def test_the_hardware_sentence_needs_the_folders_akida_model(tmp_path):
+    from qana_keras.reporting.models import model_summary
+    from qana_keras.reporting.tables import results_block
+
+    folder = tmp_path / "qana"
+    shutil.copytree(COMMITTED, folder, ignore=shutil.ignore_patterns("*.h5", "*.png"))
+    assert "`models/qana` on Akida: maps in 1 hardware pass(es)" in results_block([model_summary(folder)], {})
+    (folder / "qana.fbz").unlink()  # weights not published (like models/qana-r40): no sentence about them
+    assert "on Akida" not in results_block([model_summary(folder)], {})
+
+
 def test_board_figures_in_the_hardware_block_and_on_chip_learning_stays_unmeasured(tmp_path):
     from qana_keras.reporting.models import model_summary
     from qana_keras.reporting.tables import hardware_block

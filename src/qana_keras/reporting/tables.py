@@ -70,7 +70,8 @@ def results_block(summaries: list[dict], evaluations: dict) -> str:
     paired = paired_comparisons(evaluations, HAM_TEST)
     if paired:
         lines += ["", paired]
-    hw = [_hardware_sentence(s) for s in summaries if s["deploy"]]
+    # Only for folders that hold their Akida model: a mapping of weights not published says nothing a user can run.
+    hw = [_hardware_sentence(s) for s in summaries if s["deploy"] and "akida" in s["artifacts"]]
     if hw:
         lines += ["", *hw]
     return "\n".join(lines)
