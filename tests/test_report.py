@@ -132,6 +132,11 @@ def test_bad_ablation_tables_name_the_file_and_row(tmp_path):
 # The report from the committed reference models (JSON only, no evaluation)
 
 
+def _is_twelve_nodes(device: dict) -> bool:
+    """A deploy.json device entry for TwelveNodesIPv2 (older reports name it by its akida class only)."""
+    return device.get("akida_device", device["device"]) == "TwelveNodesIPv2"
+
+
 def test_report_from_committed_json_without_evaluating(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(COMMITTED, models / "qana", ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
@@ -148,9 +153,9 @@ def test_report_from_committed_json_without_evaluating(tmp_path):
     assert fmt_ci(test["top1"], test["bootstrap_95"]["top1"]) in block  # 0.743 [0.716, 0.768]
     assert fmt_ci(test["macro_f1"], test["bootstrap_95"]["macro_f1"]) in block
     deploy = read_json(COMMITTED / "deploy.json")
-    twelve = next(d for d in deploy["virtual_devices"] if d["device"] == "TwelveNodesIPv2")
+    twelve = next(d for d in deploy["virtual_devices"] if _is_twelve_nodes(d))
     hardware = card.read_text()
-    assert f"{twelve['nps']} on TwelveNodesIPv2" in hardware
+    assert f"{twelve['nps']} on {twelve['device']}" in hardware
     assert f"{read_json(COMMITTED / 'conversion.json')['akida']['macs']:,}" in hardware
     assert "not measured (no board)" in hardware
     report = (tmp_path / "reports" / "README.md").read_text()
@@ -391,8 +396,8 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     assert result["macs"] == read_json(COMMITTED / "conversion.json")["akida"]["macs"]
     assert result["params"] == read_json(COMMITTED / "metrics.json")["parameters"]
     deploy = read_json(COMMITTED / "deploy.json")["virtual_devices"]
-    assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")  # its one-pass device
-    assert next(d for d in deploy if d["device"] == "TwelveNodesIPv2")["passes"] == 1
+    assert result["nps"] == next(d["nps"] for d in deploy if _is_twelve_nodes(d))  # its one-pass device
+    assert next(d for d in deploy if _is_twelve_nodes(d))["passes"] == 1
     assert result["paired_vs_reference"]["top1"]["real"]
     fidelity = read_json(COMMITTED / "fidelity.json")  # float and Akida figures of the run, side by side
     assert result["float_vs_akida"]["float"]["macro_f1"] == fidelity["models"]["float"]["macro_f1"]
@@ -417,7 +422,7 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     write_json(run / "deploy.json", {**read_json(COMMITTED / "deploy.json"), "virtual_devices": [smaller, *deploy]})
     assert main([*args, "--row", "no SA-ECA", "--run", str(run), "--reference", str(tmp_path / "ref.json")]) == 0
     result = next(r for r in load_ablation(table)["rows"] if r["name"] == "no SA-ECA")["result"]
-    assert result["nps"] == next(d["nps"] for d in deploy if d["device"] == "TwelveNodesIPv2")
+    assert result["nps"] == next(d["nps"] for d in deploy if _is_twelve_nodes(d))
     assert "nps_device" not in result
     assert result["float_vs_akida"] is None  # this run has no fidelity.json, and the table says so
     assert "| no SA-ECA | no fidelity.json |" in render_ablation(load_ablation(table))
@@ -428,10 +433,9 @@ def test_cli_ablation_row_fills_a_row_with_hardware_figures_from_the_run(tmp_pat
     (run / "fidelity.json").unlink()
 
     # too big for every standard device (as at 96x96): the NPs of compute_min_device, and the table says so
-    too_big = [{**d, "ok": False, "passes": None, "nps": None} if d["device"] != "compute_min_device"
-               else {**d, "nps": 72, "nps_available": 72} for d in deploy]
-    assert any(d["device"] == "compute_min_device" for d in too_big)
-    write_json(run / "deploy.json", {**read_json(COMMITTED / "deploy.json"), "virtual_devices": too_big})
+    too_big = [{**d, "ok": False, "passes": None, "nps": None} for d in deploy]
+    write_json(run / "deploy.json", {**read_json(COMMITTED / "deploy.json"), "virtual_devices": too_big,
+                                     "compute_min_device": {"one_pass_nps": 72, "hwpr_nps": None}})
     assert main([*args, "--row", "input 96x96", "--run", str(run), "--reference", str(tmp_path / "ref.json")]) == 0
     result = next(r for r in load_ablation(table)["rows"] if r["name"] == "input 96x96")["result"]
     assert (result["nps"], result["nps_device"]) == (72, "compute_min_device")
@@ -508,7 +512,7 @@ def test_hybrid_models_say_that_only_their_prefix_runs_on_akida(tmp_path):
     """models/qana-paper: the hardware sentence names the cut and r_succ, and labels the speed as prefix + host."""
     paper = REPO / "models" / "qana-paper"
     models = tmp_path / "models"
-    shutil.copytree(paper, models / "qana-paper", ignore=shutil.ignore_patterns("*.h5", "*.fbz", "*.png"))
+    shutil.copytree(paper, models / "qana-paper", ignore=shutil.ignore_patterns("*.h5", "*.png"))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- report:start -->\n<!-- report:end -->\n")
     build_report(models, tmp_path / "reports", evaluate=False, ablations=[], readme=readme, **QUIET)

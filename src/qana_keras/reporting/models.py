@@ -53,6 +53,9 @@ def model_summary(model_dir: Path) -> dict:
     mapped = one_pass or _smallest_device(ok)  # a one-pass mapping first: what a user deploys
     minimal = next((d for d in (deploy or {}).get("virtual_devices", [])
                     if d.get("device") == "compute_min_device" and d.get("ok")), None)
+    sized = ((deploy or {}).get("compute_min_device") or {}).get("one_pass_nps")
+    if minimal is None and sized:  # deploy.json of `qana deploy` since session 16: a top-level sizing
+        minimal = {"device": "compute_min_device", "ok": True, "nps": sized, "nps_available": sized}
     source = (model_dir / "SOURCE").read_text().strip() if (model_dir / "SOURCE").is_file() else None
     return {"name": model_dir.name, "dir": str(model_dir), "variant": variant, "source": source,
             "metrics": metrics, "conversion": conversion, "deploy": deploy, "fidelity": fidelity, "bench": bench,
