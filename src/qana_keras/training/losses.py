@@ -43,31 +43,42 @@ def ldam_margins(labels: np.ndarray, num_classes: int, max_margin: float) -> np.
     return (max_margin * (counts.min() / counts) ** 0.25).astype(np.float32)
 
 
-class BalancedSoftmax(keras.losses.Loss):
-    """Cross-entropy of ``logits + log_prior``; Keras applies sample weights and the reduction."""
+class AdjustedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy of logits moved by per-class ``offsets`` (``adjust``); Keras applies sample weights and the
+    reduction. Training only: the model predicts with its plain logits."""
 
-    def __init__(self, log_prior: np.ndarray, label_smoothing: float = 0.0):
-        super().__init__(name="balanced_softmax")
-        self.shift = tf.constant(log_prior, tf.float32)
+    def __init__(self, name: str, offsets: np.ndarray, label_smoothing: float = 0.0):
+        super().__init__(name=name)
+        self.offsets = tf.constant(offsets, tf.float32)
         self.label_smoothing = label_smoothing
 
-    def call(self, y_true, logits):
-        return keras.losses.categorical_crossentropy(y_true, logits + self.shift, from_logits=True,
-                                                     label_smoothing=self.label_smoothing)
-
-
-class LDAM(keras.losses.Loss):
-    """Cross-entropy of the logits with the true class's margin subtracted (soft targets: margin-weighted)."""
-
-    def __init__(self, margins: np.ndarray, label_smoothing: float = 0.0):
-        super().__init__(name="ldam")
-        self.margins = tf.constant(margins, tf.float32)
-        self.label_smoothing = label_smoothing
+    def adjust(self, y_true, logits):
+        raise NotImplementedError
 
     def call(self, y_true, logits):
         y_true = tf.cast(y_true, logits.dtype)
-        return keras.losses.categorical_crossentropy(y_true, logits - y_true * self.margins, from_logits=True,
+        return keras.losses.categorical_crossentropy(y_true, self.adjust(y_true, logits), from_logits=True,
                                                      label_smoothing=self.label_smoothing)
+
+
+class BalancedSoftmax(AdjustedCrossEntropy):
+    """Cross-entropy of ``logits + log_prior``."""
+
+    def __init__(self, log_prior: np.ndarray, label_smoothing: float = 0.0):
+        super().__init__("balanced_softmax", log_prior, label_smoothing)
+
+    def adjust(self, y_true, logits):
+        return logits + self.offsets
+
+
+class LDAM(AdjustedCrossEntropy):
+    """Cross-entropy of the logits with the true class's margin subtracted (soft targets: margin-weighted)."""
+
+    def __init__(self, margins: np.ndarray, label_smoothing: float = 0.0):
+        super().__init__("ldam", margins, label_smoothing)
+
+    def adjust(self, y_true, logits):
+        return logits - y_true * self.offsets
 
 
 def build_loss(name: str, labels: np.ndarray, num_classes: int, label_smoothing: float = 0.0,
