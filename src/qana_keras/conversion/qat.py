@@ -82,11 +82,11 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
     (``teacher_logits`` on the training images), so the integer model learns to reproduce the float
     model's decisions, rare classes included, rather than to chase the labels again. ``loss="logits"``:
     the squared error of the logits themselves, which also weighs the gap between the top two classes
-    where the softmax is already confident. Constant low
-    learning rate: weights move on their quantization grid while the calibrated activation ranges
-    (non-trainable) stay fixed. Epoch 0 is the post-training-quantized model ``start``; the kept epoch
-    has the smallest validation ``target_gap`` (ties: higher top-1). With ``stop_when_met``, training
-    stops at the first epoch that meets every target on validation.
+    where the softmax is already confident. Constant low learning rate: weights move on their
+    quantization grid while the calibrated activation ranges (non-trainable) stay fixed. Epoch 0 is the
+    post-training-quantized model ``start``; the kept epoch has the smallest validation ``target_gap``
+    (ties: higher top-1). With ``stop_when_met``, training stops at the first epoch that meets every
+    target on validation.
     """
     import tensorflow as tf
 
@@ -120,9 +120,10 @@ def quantization_aware_finetune(qmodel: keras.Model, images: np.ndarray, teacher
         better = rank(scores) > rank(best["scores"])
         if better:
             best = {"epoch": epoch + 1, "scores": scores, "weights": qmodel.get_weights()}
-        log(f"QAT epoch {epoch + 1}/{epochs}  distillation loss ({loss}) {row['loss']:.4f}  val top-1 {row['val_top1']:.4f}  "
-            f"macro-F1 {row['val_macro_f1']:.4f}  agreement {row['val_argmax_agreement']:.4f}  "
-            f"target gap {gap:.2f}{'  *best*' if better else ''}  {row['seconds']:.0f}s")
+        log(f"QAT epoch {epoch + 1}/{epochs}  distillation loss ({loss}) {row['loss']:.4f}  "
+            f"val top-1 {row['val_top1']:.4f}  macro-F1 {row['val_macro_f1']:.4f}  "
+            f"agreement {row['val_argmax_agreement']:.4f}  target gap {gap:.2f}{'  *best*' if better else ''}  "
+            f"{row['seconds']:.0f}s")
         if stop_when_met and gap <= 1.0:
             log("all fidelity targets met on validation: stopping quantization-aware fine-tuning")
             break

@@ -37,9 +37,9 @@ def variant_needs_4_bits(run_dir: Path, bits: int) -> bool:
 
 
 def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024, batch_size: int = 32,
-                calibration_epochs: int = 1, qat_epochs: int = 3, qat_learning_rate: float = 1e-5, qat_loss: str = "softmax",
-                qat_threshold: float = MAX_PTQ_TOP1_DROP, qat_stop_when_met: bool = False, seed: int = 0,
-                overwrite: bool = False, data_config=None, spike_rate: float = 0.1, quick: bool = False,
+                calibration_epochs: int = 1, qat_epochs: int = 3, qat_learning_rate: float = 1e-5,
+                qat_loss: str = "softmax", qat_threshold: float = MAX_PTQ_TOP1_DROP, qat_stop_when_met: bool = False,
+                seed: int = 0, overwrite: bool = False, data_config=None, spike_rate: float = 0.1, quick: bool = False,
                 log=print) -> dict:
     """Quantize, (fine-tune,) convert and check the float model of ``run_dir``; returns conversion.json.
 
@@ -118,8 +118,8 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
             log(f"float model logits on {len(train)} training images (distillation targets) ...")
             teacher = predict_logits(model, train.images, batch_size=256)
             result = quantization_aware_finetune(qmodel, train.images, teacher, val, float_val, ptq_val, qat_epochs,
-                                                 qat_learning_rate, batch_size=config.train.batch_size, seed=seed, loss=qat_loss,
-                                                 stop_when_met=qat_stop_when_met, log=log)
+                                                 qat_learning_rate, batch_size=config.train.batch_size, seed=seed,
+                                                 loss=qat_loss, stop_when_met=qat_stop_when_met, log=log)
             qat.update(done=True, epochs=len(result["history"]), max_epochs=qat_epochs,
                        seconds=round(time.perf_counter() - t0, 1), **result)
         else:

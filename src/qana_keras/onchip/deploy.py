@@ -190,10 +190,11 @@ def fidelity_markdown(report: dict, title: str) -> str:
     ties = report.get("near_ties_akida_vs_float")  # older reports predate it
     if ties:
         beyond = ties["agreement_beyond_near_ties"]
-        lines += ["", f"Near ties: Akida's logits differ from the float model's by {ties['logit_error_rms']:.3f} (RMS); "
-                      f"{ties['near_tie_share'] * 100:.1f} % of the images have their two best float classes closer "
-                      f"than {ties['margin_threshold']:.3f}, and {ties['flips_at_near_ties']} of the "
-                      f"{ties['flips']} argmax flips are among them; agreement on the other images "
+        lines += ["", "Near ties: Akida's logits differ from the float model's by "
+                      f"{ties['logit_error_rms']:.3f} (RMS); {ties['near_tie_share'] * 100:.1f} % of the images have "
+                      f"their two best float classes closer than {ties['margin_threshold']:.3f}, and "
+                      f"{ties['flips_at_near_ties']} of the {ties['flips']} argmax flips are among them; agreement on "
+                      "the other images "
                       + (f"{beyond * 100:.2f} %." if beyond is not None else "n/a (every image is a near tie).")]
     lines += ["", "| target (Akida vs float) | measured | met |", "|---|---:|:---:|"]
     d = report["akida_vs_float"]

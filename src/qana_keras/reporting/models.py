@@ -54,7 +54,7 @@ def model_summary(model_dir: Path) -> dict:
     minimal = next((d for d in (deploy or {}).get("virtual_devices", [])
                     if d.get("device") == "compute_min_device" and d.get("ok")), None)
     sized = ((deploy or {}).get("compute_min_device") or {}).get("one_pass_nps")
-    if minimal is None and sized:  # deploy.json of `qana deploy` since session 16: a top-level sizing
+    if minimal is None and sized:  # the current deploy.json layout: a top-level sizing
         minimal = {"device": "compute_min_device", "ok": True, "nps": sized, "nps_available": sized}
     source = (model_dir / "SOURCE").read_text().strip() if (model_dir / "SOURCE").is_file() else None
     return {"name": model_dir.name, "dir": str(model_dir), "variant": variant, "source": source,

@@ -331,7 +331,8 @@ def train(run_dir: str | Path, config: Config | None = None, resume: bool = Fals
         log(f"initial weights from {t.init_from}")
     if t.init_backbone_from and not restored:
         load_initial_weights(model, t.init_backbone_from, prefix=PRETRAINED_PREFIX, key="train.init_backbone_from")
-        log(f"initial backbone weights ({PRETRAINED_PREFIX}*) from {t.init_backbone_from}; the head starts from scratch")
+        log(f"initial backbone weights ({PRETRAINED_PREFIX}*) from {t.init_backbone_from}; "
+            "the head starts from scratch")
 
     best_path = artifact_paths(run_dir, config.model.variant)["float"]
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False)
