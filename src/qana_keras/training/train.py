@@ -244,7 +244,7 @@ def load_initial_weights(model, path: str | Path, prefix: str = "", key: str = "
         raise FileNotFoundError(f"{key}: {path} not found (give a float .h5 written by `qana train`)")
     source = load_keras_model(path)
     theirs = {layer.name: layer for layer in source.layers}
-    what = (f"a model whose backbone holds every layer of this one (the same or a deeper cut)" if prefix
+    what = ("a model whose backbone holds every layer of this one (the same or a deeper cut)" if prefix
             else "a model of the same variant and widths")
     copied = 0
     for layer in model.layers:
