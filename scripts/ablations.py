@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from qana_keras import CLASSES  # qana_keras first: it sets TF_USE_LEGACY_KERAS for tf_keras
+from qana_keras.failures import run_main
 from qana_keras.evaluation import hardware_cost
 from qana_keras.config import REPO_ROOT, Config, load_config
 from qana_keras.io import RunFolderError, read_json, write_json
@@ -257,4 +258,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -10,11 +10,13 @@ paired lesion bootstrap.
 usage: python scripts/ensemble_probe.py MODEL.h5 [MODEL.h5 ...] [--tta] [--json OUT]
 """
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from qana_keras.failures import run_main
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.training.distill import model_probabilities
@@ -23,12 +25,12 @@ from qana_keras.metrics import bootstrap_intervals, format_difference, headline_
 from qana_keras.runtime.safe_load import load_keras_model
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="float Keras .h5 models with 64x64 uint8 input")
     parser.add_argument("--tta", action="store_true", help="average each model over 8 flips/rotations")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     data = load_splits(DataConfig())
     probabilities = {split: [] for split in ("val", "test")}
     rows = []
@@ -61,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

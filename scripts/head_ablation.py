@@ -23,6 +23,7 @@ row against row a, per column. Writes head_ablation.json into RUN.
 from __future__ import annotations
 
 import argparse
+import sys
 import hashlib
 import json
 import time
@@ -33,6 +34,7 @@ import numpy as np
 
 import qana_keras  # noqa: F401
 
+from qana_keras.failures import run_main
 from qana_keras import CLASSES
 from qana_keras.config import load_config
 from qana_keras.refit.head import DENSE_LAYER, run_embeddings, with_dense
@@ -191,7 +193,7 @@ def with_overrides(config: HeadConfig, items: list[str]) -> HeadConfig:
     return replace(config, **values).validate()
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     parser.add_argument("--sweep", action="store_true",
@@ -202,7 +204,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a HeadConfig default (exploration and smoke tests only: the defaults were "
                              "picked on validation data)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from qana_keras.runs import load_splits
 
@@ -287,4 +289,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

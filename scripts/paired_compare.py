@@ -16,8 +16,10 @@ paired comparison of the views (on a chip, N inferences per image).
 usage: python scripts/paired_compare.py A B [--tta | --tta-a N --tta-b N] [--source DIR ...] [--json OUT]
 """
 import argparse
+import sys
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from qana_keras.failures import run_main
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.evaluation.evaluate import model_image_size
@@ -43,7 +45,7 @@ def evaluated(data: dict) -> list[str]:
     return [name for name in data if name != "train"]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", help="baseline model (.h5 or .fbz, config.yaml beside it)")
     parser.add_argument("b", help="the changed model")
@@ -52,7 +54,7 @@ def main() -> None:
     parser.add_argument("--tta-b", type=int, choices=VIEW_COUNTS, help="views of model B (default 1, 8 with --tta)")
     parser.add_argument("--source", action="append", default=[], help="an extra source's folder (ISIC 2019 layout)")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     splits_by_size: dict = {}
     preds, data = {}, None
     views = {key: given or (8 if args.tta else 1) for key, given in (("a", args.tta_a), ("b", args.tta_b))}
@@ -73,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

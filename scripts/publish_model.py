@@ -8,18 +8,20 @@ import shutil
 import sys
 from pathlib import Path
 
+from qana_keras.failures import run_main
+
 KEEP = ("config.yaml", "versions.json", "metrics.json", "history.csv", "classes.json", "*_float.h5", "*_i8_w*_a*.h5",
         "*.fbz", "conversion*.json", "fidelity*.json", "fidelity*.md", "deploy*.json", "board*.json", "bench.json", "head_ablation.json",
         "learn_*.json", "learn_*.md", "edge_learning.json", "edge_learning.md", "*.png")
 MAX_BYTES = 5_000_000  # anything larger does not belong in git
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     parser.add_argument("name")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run, dest = Path(args.run), Path(__file__).resolve().parents[1] / "models" / args.name
     if not (run / "metrics.json").exists():
         print(f"error: {run} has no metrics.json; finish training first", file=sys.stderr)
@@ -46,4 +48,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

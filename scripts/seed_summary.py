@@ -4,11 +4,13 @@
 usage: python scripts/seed_summary.py runs/qana-ref runs/qana-seed1 runs/qana-seed2 [--json OUT]
 """
 import argparse
+import sys
 import json
 from pathlib import Path
 
 import numpy as np
 
+from qana_keras.failures import run_main
 from qana_keras.io import write_json
 from qana_keras.reporting.studies import SEED_COLUMNS, seed_table
 
@@ -16,11 +18,11 @@ KEYS = ("top1", "balanced_accuracy", "macro_f1")
 RARE = ("akiec", "df", "vasc")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     for run in args.runs:
         metrics = json.loads((Path(run) / "metrics.json").read_text())
@@ -40,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -12,12 +12,14 @@ usage: python scripts/teacher_targets.py TEACHER.h5 [TEACHER.h5 ...] --out FILE.
        [--extra-source DIR ...] [--overwrite]
 """
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from qana_keras.failures import run_main
 from qana_keras import CLASSES
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
@@ -25,14 +27,14 @@ from qana_keras.training.distill import model_probabilities, write_soft_targets
 from qana_keras.runtime.safe_load import load_keras_model
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("teachers", nargs="+", help="float Keras .h5 models over the 7 classes (any input size)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--extra-source", action="append", default=[],
                         help="an extra training source (ISIC 2019 layout) whose images also get targets")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if Path(args.out).exists() and not args.overwrite:
         parser.error(f"{args.out} exists; pass --overwrite to replace it")
     start = time.perf_counter()
@@ -64,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

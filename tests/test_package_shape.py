@@ -114,7 +114,7 @@ LAYERS = [
     ("qana_keras.onchip",),
     ("qana_keras.evaluation",),
     ("qana_keras.reporting",),
-    ("qana_keras.commands",),
+    ("qana_keras.commands", "qana_keras.failures"),
     ("qana_keras.cli",),
 ]
 

@@ -335,19 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that say how they were made
-    from qana_keras.data.checks import DatasetError
-    from qana_keras.io import RunFolderError
+    from qana_keras.failures import run_main
 
-    try:
-        return args.func(args)
-    except (DatasetError, RunFolderError, ValueError, OSError) as error:
-        if args.debug:
-            raise
-        # One line, whatever a library wrote; a DatasetError keeps its deliberate list of problems.
-        message = str(error) if isinstance(error, DatasetError) else " ".join(str(error).split())
-        message = message or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    return run_main(lambda _argv: args.func(args), debug=args.debug or None)
 
 
 if __name__ == "__main__":
