@@ -72,3 +72,15 @@ def test_accuracy_vs_cost_marks_small_devices_and_leaves_out_hybrids():
     assert filled == [True, False]
     assert [t.get_text() for t in ax.texts] == ["small", "big"]
     plt.close(fig)
+
+
+def test_models_at_the_same_point_share_one_marker_and_label():
+    from qana_keras.plots import accuracy_vs_cost_figure
+
+    fig = accuracy_vs_cost_figure([_hardware_row("models/qana/qana.fbz", 100_000_000, 0.64, "twelve-nodes-v2"),
+                                   _hardware_row("models/qana/qana_learn.fbz", 100_000_000, 0.64, "twelve-nodes-v2"),
+                                   _hardware_row("models/other/other.fbz", 100_000_000, 0.66, "twelve-nodes-v2")])
+    ax = fig.axes[0]
+    assert len([c for c in ax.collections if len(c.get_offsets())]) == 2
+    assert [t.get_text() for t in ax.texts] == ["qana/qana (+1 more)", "other"]
+    plt.close(fig)

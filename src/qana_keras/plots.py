@@ -220,16 +220,20 @@ def accuracy_vs_cost_figure(models: list[dict]):
     folders = [Path(m["model"]).parent for m in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, key, label in ((axes[0], "balanced_accuracy", "balanced accuracy"), (axes[1], "top1", "top-1")):
+        # Models at the same point (a model and its readout refits, say) get one marker and one label, not a smear.
+        points: dict[tuple, list] = {}
         for m, folder in zip(rows, folders):
             value = m["accuracy"].get(key)
-            if value is None:
-                continue
+            if value is not None:
+                name = folder.name if folders.count(folder) == 1 else f"{folder.name}/{Path(m['model']).stem}"
+                points.setdefault((m["macs"] / 1e6, round(100 * value, 2)), []).append((m, name))
+        for (macs, value), same in points.items():
+            m, name = same[0]
             small = any(m["devices"][d]["status"] == "one-pass" for d in ONE_PASS_24_NPS if d in m["devices"])
-            ax.scatter(m["macs"] / 1e6, 100 * value, s=40, marker="o" if m["ip"] == "v2" else "s",
+            ax.scatter(macs, value, s=40, marker="o" if m["ip"] == "v2" else "s",
                        facecolors="tab:blue" if small else "none", edgecolors="tab:blue")
-            name = folder.name if folders.count(folder) == 1 else f"{folder.name}/{Path(m['model']).stem}"
-            ax.annotate(name, (m["macs"] / 1e6, 100 * value), fontsize=6,
-                        xytext=(3, 2), textcoords="offset points")
+            label_text = name if len(same) == 1 else f"{name} (+{len(same) - 1} more)"
+            ax.annotate(label_text, (macs, value), fontsize=6, xytext=(3, 2), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("Akida MACs per image (millions, log scale)")
         ax.set_ylabel(f"test {label} (%)")
