@@ -136,10 +136,11 @@ notebooks: $(STAMP) ## execute notebooks/ in quick mode and fail on any failed a
 	QANA_NOTEBOOK_QUICK=$(if $(filter 1,$(FULL)),0,1) $(VENV)/bin/python -m pytest -p no:cacheprovider --nbmake \
 	  $(if $(filter 1,$(FULL)),--overwrite --nbmake-timeout=7200,--nbmake-timeout=900) notebooks/
 
+AKD7_CONFIG ?= configs/akd1000-7class.yaml
 AKD7_RUN ?= runs/akd1000-7class
 .PHONY: akd1000-7class
-akd1000-7class: $(STAMP) ## 7 classes on Akida 1.0 (plain CNN, 4 bits, distilled): train, convert, deploy (AKD7_RUN, DEVICE=)
-	$(QANA) train --config configs/akd1000-7class.yaml --run $(AKD7_RUN)
+akd1000-7class: $(STAMP) ## 7 classes on Akida 1.0 (plain CNN, 4 bits, distilled): train, convert, deploy (AKD7_CONFIG, AKD7_RUN, DEVICE=)
+	$(QANA) train --config $(AKD7_CONFIG) --run $(AKD7_RUN)
 	$(QANA) convert --run $(AKD7_RUN) --bits 4 --qat-epochs 10 --qat-lr 1e-4
 	$(QANA) deploy --run $(AKD7_RUN) --bits 4 $(if $(DEVICE),--device $(DEVICE))
 
