@@ -226,7 +226,7 @@ def accuracy_vs_cost_figure(models: list[dict]):
             value = m["accuracy"].get(key)
             if value is not None:
                 name = folder.name if folders.count(folder) == 1 else f"{folder.name}/{Path(m['model']).stem}"
-                points.setdefault((m["macs"] / 1e6, round(100 * value, 2)), []).append((m, name))
+                points.setdefault((round(m["macs"] / 1e6, 1), round(100 * value, 2)), []).append((m, name))
         for (macs, value), same in points.items():
             m, name = same[0]
             small = any(m["devices"][d]["status"] == "one-pass" for d in ONE_PASS_24_NPS if d in m["devices"])
