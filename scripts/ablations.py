@@ -52,9 +52,9 @@ from pathlib import Path
 import numpy as np
 
 from qana_keras import CLASSES  # qana_keras first: it sets TF_USE_LEGACY_KERAS for tf_keras
-from qana_keras.failures import run_main
 from qana_keras.evaluation import hardware_cost
 from qana_keras.config import REPO_ROOT, Config, load_config
+from qana_keras.failures import run_main
 from qana_keras.io import RunFolderError, read_json, write_json
 from qana_keras.runs import artifact_paths
 from qana_keras.runtime.safe_load import load_akida_model, load_keras_model

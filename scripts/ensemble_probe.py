@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from qana_keras.failures import run_main
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
+from qana_keras.failures import run_main
 from qana_keras.training.distill import model_probabilities
 from qana_keras.io import write_json
 from qana_keras.metrics import bootstrap_intervals, format_difference, headline_metrics, paired_bootstrap_difference

@@ -23,9 +23,9 @@ row against row a, per column. Writes head_ablation.json into RUN.
 from __future__ import annotations
 
 import argparse
-import sys
 import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,9 +34,9 @@ import numpy as np
 
 import qana_keras  # noqa: F401
 
-from qana_keras.failures import run_main
 from qana_keras import CLASSES
 from qana_keras.config import load_config
+from qana_keras.failures import run_main
 from qana_keras.refit.head import DENSE_LAYER, run_embeddings, with_dense
 from qana_keras.runs import artifact_paths, calibration_indices
 from qana_keras.refit.head_fit import HeadConfig, fit_head, fit_whitening

@@ -19,10 +19,10 @@ import argparse
 import sys
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from qana_keras.failures import run_main
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
 from qana_keras.evaluation.evaluate import model_image_size
+from qana_keras.failures import run_main
 from qana_keras.io import write_json
 from qana_keras.metrics import format_difference, headline_metrics, paired_bootstrap_difference
 from qana_keras.runtime.load import load_model_any, predict_logits

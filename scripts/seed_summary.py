@@ -4,8 +4,8 @@
 usage: python scripts/seed_summary.py runs/qana-ref runs/qana-seed1 runs/qana-seed2 [--json OUT]
 """
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 import numpy as np

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from qana_keras.failures import run_main
 from qana_keras import CLASSES
 from qana_keras.config import DataConfig
 from qana_keras.data.dataset import load_splits
+from qana_keras.failures import run_main
 from qana_keras.training.distill import model_probabilities, write_soft_targets
 from qana_keras.runtime.safe_load import load_keras_model
 
