@@ -52,10 +52,11 @@ def test_old_histories_without_val_loss_still_plot(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-def _hardware_row(model: str, macs: int, balanced: float, one_pass_on: str, hybrid: str | None = None) -> dict:
+def _hardware_row(model: str, macs: int, balanced: float, one_pass_on: str, hybrid: str | None = None,
+                  ip: str = "v2") -> dict:
     devices = {d: {"status": "one-pass" if d == one_pass_on else "does-not-map"}
-               for d in ("four-nodes-v2", "six-nodes-v2", "twelve-nodes-v2")}
-    return {"model": model, "ip": "v2", "macs": macs, "hybrid_cut_after": hybrid, "devices": devices,
+               for d in ("akd1500", "four-nodes-v2", "six-nodes-v2", "twelve-nodes-v2")}
+    return {"model": model, "ip": ip, "macs": macs, "hybrid_cut_after": hybrid, "devices": devices,
             "accuracy": {"top1": 0.8, "balanced_accuracy": balanced}}
 
 
@@ -83,4 +84,18 @@ def test_models_at_the_same_point_share_one_marker_and_label():
     ax = fig.axes[0]
     assert len([c for c in ax.collections if len(c.get_offsets())]) == 2
     assert [t.get_text() for t in ax.texts] == ["qana/qana (+1 more)", "other"]
+    plt.close(fig)
+
+
+def test_akida_1_models_are_filled_squares_when_they_fit_akd1500():
+    from matplotlib.markers import MarkerStyle
+
+    from qana_keras.plots import accuracy_vs_cost_figure
+
+    fig = accuracy_vs_cost_figure([_hardware_row("models/v1/v1.fbz", 40_000_000, 0.66, "akd1500", ip="v1"),
+                                   _hardware_row("models/v2/v2.fbz", 40_000_000, 0.62, "six-nodes-v2")])
+    points = [c for c in fig.axes[0].collections if len(c.get_offsets())]
+    square, circle = (MarkerStyle(m).get_path().vertices.shape for m in ("s", "o"))
+    assert [c.get_paths()[0].vertices.shape for c in points] == [square, circle]
+    assert all(len(c.get_facecolors()) > 0 for c in points)  # both one pass on a small device
     plt.close(fig)

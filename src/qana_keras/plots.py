@@ -209,7 +209,8 @@ def plot_accuracy_vs_cost(models: list[dict], path: str | Path) -> None:
 
 
 def accuracy_vs_cost_figure(models: list[dict]):
-    """Test balanced accuracy and top-1 of every evaluated published model against its Akida MACs.
+    """Test balanced accuracy and top-1 of every evaluated published model against its Akida MACs
+    (circles Akida 2.0, squares Akida 1.0).
 
     ``models``: the ``models`` rows of ``hardware_table.json``. Filled markers: one hardware pass on a standard
     device of <= 24 NPs (or AKD1500); hollow: needs the 48-NP configuration, several passes, or maps nowhere.
@@ -240,6 +241,8 @@ def accuracy_vs_cost_figure(models: list[dict]):
         ax.grid(alpha=0.3)
     axes[0].scatter([], [], facecolors="tab:blue", edgecolors="tab:blue", label="one pass on <= 24 NPs (or AKD1500)")
     axes[0].scatter([], [], facecolors="none", edgecolors="tab:blue", label="needs 48 NPs or several passes")
+    axes[0].scatter([], [], marker="o", facecolors="none", edgecolors="gray", label="Akida 2.0 (8 bit)")
+    axes[0].scatter([], [], marker="s", facecolors="none", edgecolors="gray", label="Akida 1.0 (4 bit)")
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Published models: HAM10000 test accuracy of the integer model against chip cost")
     fig.tight_layout()

@@ -21,7 +21,8 @@ One JSON row per model (a list, in ``--json``):
                                           Conv2D Ho*Wo*k*k*Cin*Cout, DepthwiseConv2D Ho*Wo*k*k*C,
                                           Dense in*out (BN, ReLU, pooling and Add not counted)
   akida_macs                              ``akida.Model.macs`` (counts the identity layers the
-                                          converter inserts, so it can exceed ``macs``)
+                                          converter inserts, so it can exceed ``macs``; IP v1
+                                          models, where akida reports 0, counted from the layers)
   head_inputs                             values read by the last dense layer (<= 2048 to map)
   r_succ, akida_layers                    integer completeness; layers of the Akida model
   min_device                              smallest standard device with one hardware pass, or None
@@ -135,6 +136,7 @@ def hardware_cost(model: keras.Model, variant: str, calibration: int = 32, seed:
 def mapping_cost(akida_model, r_succ: float | None = None, log=print) -> dict:
     """Mapping figures of a converted akida.Model on the standard devices (see the module docstring)."""
     from qana_keras.onchip.deploy import NP_TYPES_NOT_NPS, VIRTUAL_DEVICES, virtual_device_report
+    from qana_keras.runtime.devices import model_macs
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -143,7 +145,7 @@ def mapping_cost(akida_model, r_succ: float | None = None, log=print) -> dict:
     fitting = [r for r in standard if r["ok"] and r["single_pass"]]
     best = fitting[0] if fitting else None
     cmd = next(r for r in rows if r["device"] == "compute_min_device")
-    out = {"r_succ": r_succ, "akida_layers": len(akida_model.layers), "akida_macs": int(akida_model.macs),
+    out = {"r_succ": r_succ, "akida_layers": len(akida_model.layers), "akida_macs": model_macs(akida_model),
            "min_device": best["device"] if best else None, "one_pass": best is not None,
            "nps": best["nps"] if best else None,
            "nps_by_type": {t: n for t, n in best["components"].items() if t not in NP_TYPES_NOT_NPS} if best else None,

@@ -144,12 +144,12 @@ def tflite_export(fbz: Path) -> dict | None:
 
 def model_entry(fbz: Path, root: Path) -> dict:
     """The table's record for one ``.fbz``: IP, MACs, classes, every standard device, compute_min_device, board."""
-    from qana_keras.runtime.devices import device_reports, ip_of, min_device_report
+    from qana_keras.runtime.devices import device_reports, ip_of, min_device_report, model_macs
 
     model = load_akida_model(fbz)
     classes = read_classes(fbz.parent)
     hybrid = next((report["hybrid"] for _, report in reports_naming(fbz) if report.get("hybrid")), None)
-    return {"model": _relative(fbz, root), "ip": ip_of(model), "macs": int(model.macs),
+    return {"model": _relative(fbz, root), "ip": ip_of(model), "macs": model_macs(model),
             "outputs": int(model.output_shape[-1]),
             "hybrid_cut_after": hybrid.get("cut_after") if hybrid else None,
             "classes": list(classes) if classes else None,
@@ -261,7 +261,7 @@ def render_markdown(data: dict, headline_only: bool = False) -> str:
         "(`qana evaluate` of this .fbz), `fidelity.json` (`qana deploy`, Akida simulator), or `learn_*.json` "
         "(`qana learn`: exact integer emulation of the written readout; class-incremental rows: accuracy and "
         "macro-F1 over the classes learned so far, no balanced accuracy). 5-class models are scored on their 5 "
-        "classes. MACs: `akida.Model.macs` (akida reports none for IP v1 models). "
+        "classes. MACs: `akida.Model.macs`; for IP v1 models, where akida reports none, counted from the layers' shapes. "
         f"{TFLITE_LABEL}: `qana export` of the float model the folder's Akida model was converted from (full-integer "
         "TFLite for CPUs and microcontrollers, run with the TFLite interpreter; figures from `export.json`).",
         "min NPs: `akida.compute_min_device` without and with `enable_hwpr` (— where akida cannot size it).",

@@ -103,6 +103,35 @@ def ip_of(obj) -> str:
     return str(obj.ip_version).split(".")[-1]
 
 
+_V1_CONVOLUTIONS = ("InputConvolutional", "Convolutional", "SeparableConvolutional")
+
+
+def model_macs(model) -> int:
+    """Multiply-accumulates per image: ``akida.Model.macs``, or for an IP v1 model (akida reports 0 there)
+    counted from its layers' shapes, like the float count of ``evaluation.hardware_cost.count_macs``."""
+    if int(model.macs) or ip_of(model) != "v1":
+        return int(model.macs)
+    total = 0
+    for layer in model.layers:
+        p = layer.parameters
+        kind = p.layer_type.name
+        if kind in _V1_CONVOLUTIONS:
+            # output_dims come after pooling; the convolution itself runs at the pre-pooling size
+            h, w, cin = layer.input_dims
+            kh, kw, sy, sx = p.kernel_height, p.kernel_width, p.stride_y, p.stride_x
+            same = int(p.padding) != 0
+            ho = -(-h // sy) if same else (h - kh) // sy + 1
+            wo = -(-w // sx) if same else (w - kw) // sx + 1
+            if kind == "SeparableConvolutional":
+                total += ho * wo * (kh * kw * cin + cin * p.filters)
+            else:
+                total += ho * wo * kh * kw * cin * p.filters
+        elif kind == "FullyConnected":
+            h, w, c = layer.input_dims
+            total += h * w * c * p.units
+    return int(total)
+
+
 # --------------------------------------------------------------------------------------------------
 # Mapping
 
@@ -186,7 +215,7 @@ def map_report(model, device: StandardDevice) -> dict:
     """How ``model`` maps on one standard device; a model of the other IP version is "IP vN only", not an error."""
     model_ip = ip_of(model)
     row = {"device": device.name, "akida_device": device.factory, "ip": device.ip, "nps_available": device.nps,
-           "model_ip": model_ip, "macs": int(model.macs)}
+           "model_ip": model_ip, "macs": model_macs(model)}
     if model_ip != device.ip:
         return {**row, "status": "ip-mismatch", "label": f"IP {model_ip} only", "ok": False, "single_pass": False,
                 "error": f"model is IP {model_ip}, device is IP {device.ip}"}
@@ -266,7 +295,7 @@ def choose_device(model, choice: DeviceChoice, model_name: str, run_hint: str) -
                               + _advice(model_name, rows, mins, run_hint))
         device = akida.compute_min_device(model)
         row = {"device": "compute_min_device", "nps_available": len(device.mesh.nps), "ip": ip_of(device),
-               "model_ip": ip_of(model), "macs": int(model.macs), **map_device(model, device)}
+               "model_ip": ip_of(model), "macs": model_macs(model), **map_device(model, device)}
         check_fit(model_name, row, rows, mins, run_hint)
         return row["device"], device, row, rows, mins
     row = smallest(rows, "one-pass") or smallest(rows, "multi-pass")
