@@ -21,6 +21,7 @@ from qana_keras.conversion.spike import AKIDA_V1_SPIKE_LAYERS, tune_spike_rate
 from qana_keras.io import atomic_path, display_path, write_json
 from qana_keras.runs import (QUICK_MAX_IMAGES, QUICK_NOTE, QUICK_QAT_EPOCHS, RunFolder, calibration_indices,
                             precision_tag, quick_fields)
+from qana_keras.runtime.devices import model_macs
 from qana_keras.runtime.load import HybridModel, load_keras_model, predict_logits, tail_model
 from qana_keras.runtime.safe_load import file_record
 
@@ -166,7 +167,7 @@ def convert_run(run_dir: str | Path, bits: int = 8, num_calibration: int = 1024,
             "host_layers": len(completeness["float_layers"]),
             "why": "an Akida model has one output; this is the last layer whose output alone feeds the rest"},
         "akida": {"layers": len(akida_model.layers), "output_shape": list(akida_model.output_shape),
-                  "ip_version": str(akida_model.ip_version), "macs": int(akida_model.macs),
+                  "ip_version": str(akida_model.ip_version), "macs": model_macs(akida_model),
                   "akida_version": akida.__version__},
         "val": {"float": _public(float_val), "ptq": _public(ptq_val), "final": _public(final_val),
                 "ptq_top1_drop_pt": round(top1_drop * 100, 3),
