@@ -114,7 +114,7 @@ head-ablation: $(STAMP) ## head ablation (as trained / refit / class weights / S
 crop: $(STAMP) ## saliency crop + 2x2 tiling vs whole image and mask crop for RUN, with heat-map overlays (CROP_OUT)
 	$(QANA) crop --run $(RUN) --json $(CROP_OUT)/crop_eval.json --overlays $(CROP_OUT)
 
-ABLATIONS ?= qana qana-no-sa-eca qana-no-se qana-no-attention qana-32 qana-48 qana-96 akidanet-0.25 akidanet-0.5 plain-cnn plain-cnn-96 plain-cnn-128
+ABLATIONS ?= qana qana-no-sa-eca qana-no-se qana-no-attention qana-32 qana-48 qana-96 akidanet-0.25 akidanet-0.5 plain-cnn plain-cnn-96 plain-cnn-128 plain-cnn-24np
 ABLATION_EPOCHS ?= 60
 # e.g. ABLATION_FLAGS="--reference-run runs/qana-e60" pairs against an existing run instead of runs/ablations/qana
 ABLATION_FLAGS ?=

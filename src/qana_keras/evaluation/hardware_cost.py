@@ -71,6 +71,8 @@ MODELS: dict[str, list[str]] = {
     # narrow widths keep both on FourNodesIPv2 (16 NPs) and under the 64 px model's MACs.
     "plain-cnn-96": ["model.variant=plain-cnn", "data.image_size=96", "model.widths=16,32,64,128,128"],
     "plain-cnn-128": ["model.variant=plain-cnn", "data.image_size=128", "model.widths=16,32,64,128,128"],
+    # The 64 px plain CNN widened to fill SixNodesIPv2 (24 NPs) instead of FourNodesIPv2 (16).
+    "plain-cnn-24np": ["model.variant=plain-cnn", "model.widths=48,96,192,256"],
 }
 
 # Tiny widths for tests and smoke runs (``--widths tiny``); the AkidaNet baselines ignore them.
