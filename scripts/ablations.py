@@ -5,9 +5,10 @@ usage: python scripts/ablations.py NAME [NAME ...] [--epochs 60] [--out runs/abl
        [--reference qana | --reference-run RUN] [--data DIR] [--set SECTION.KEY=VALUE ...]
        python scripts/ablations.py --list
 
-NAME is a key of ``MODELS`` in qana_keras.evaluation.hardware_cost (`qana hardware-cost --list`) (qana, qana-no-sa-eca, qana-no-se,
-qana-no-attention, qana-32, qana-48, qana-96, akidanet-0.25, akidanet-0.5, plain-cnn, plain-cnn-96, plain-cnn-128,
-plain-cnn-24np): the reference recipe configs/qana.yaml plus that model's ``--set`` overrides, plus ``--epochs`` and ``--set``.
+NAME is a key of ``MODELS`` in qana_keras.evaluation.hardware_cost (`qana hardware-cost --list`): qana,
+qana-no-sa-eca, qana-no-se, qana-no-attention, qana-32, qana-48, qana-96, akidanet-0.25, akidanet-0.5, plain-cnn,
+plain-cnn-96, plain-cnn-128, plain-cnn-24np. Each is the reference recipe configs/qana.yaml plus that model's
+``--set`` overrides, plus ``--epochs`` and ``--set``.
 Every model uses the same lesion-level split file and training seed.
 
 Steps per model, each skipped when its output already exists (so a killed job reruns cheaply):

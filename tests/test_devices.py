@@ -37,8 +37,28 @@ def test_v1_macs_are_counted_from_the_layers_as_in_the_float_graph(tiny_v1):
     from qana_keras.evaluation.hardware_cost import count_macs
 
     ak = akida.Model(str(tiny_v1))
-    assert int(ak.macs) == 0 and "SeparableConvolutional" in {l.parameters.layer_type.name for l in ak.layers}
+    assert int(ak.macs) == 0 and "SeparableConvolutional" in {x.parameters.layer_type.name for x in ak.layers}
     assert model_macs(ak) == count_macs(tiny_model("qana-akd1000", size=32)) > 0
+
+
+def test_v1_macs_follow_strides_valid_padding_and_non_square_shapes():
+    """A v1 model built with akida's own layers: width x height 33 x 21, a 3x5 kernel with stride (2, 1) and
+    valid padding, a same-padded stride (1, 2) convolution before 2x2 pooling, a separable layer, a dense head."""
+    import akida
+
+    ak = akida.Model()
+    ak.add(akida.InputConvolutional(input_shape=(33, 21, 3), kernel_size=(3, 5), filters=8, kernel_stride=(2, 1),
+                                    padding=akida.Padding.Valid, weights_bits=8, act_bits=4))
+    ak.add(akida.Convolutional(kernel_size=(3, 3), filters=16, kernel_stride=(1, 2), padding=akida.Padding.Same,
+                               pool_type=akida.PoolType.Max, pool_size=(2, 2), pool_stride=(2, 2), weights_bits=4,
+                               act_bits=4))
+    ak.add(akida.SeparableConvolutional(kernel_size=(3, 3), filters=12, weights_bits=4, act_bits=4))
+    ak.add(akida.FullyConnected(units=5, weights_bits=4, act_bits=1, activation=False))
+    assert [list(x.output_dims) for x in ak.layers] == [[16, 17, 8], [8, 5, 16], [8, 5, 12], [1, 1, 5]]
+    assert model_macs(ak) == (16 * 17 * 3 * 5 * 3 * 8      # valid: (33-3)//2+1 by (21-5)//1+1
+                              + 16 * 9 * 3 * 3 * 8 * 16     # same: 16 by ceil(17/2), before pooling
+                              + 8 * 5 * (3 * 3 * 16 + 16 * 12)
+                              + 8 * 5 * 12 * 5)
 
 
 def test_device_names_aliases_and_a_wrong_name():

@@ -98,4 +98,6 @@ def test_akida_1_models_are_filled_squares_when_they_fit_akd1500():
     square, circle = (MarkerStyle(m).get_path().vertices.shape for m in ("s", "o"))
     assert [c.get_paths()[0].vertices.shape for c in points] == [square, circle]
     assert all(len(c.get_facecolors()) > 0 for c in points)  # both one pass on a small device
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "Akida 1.0 (4 bit)" in legend and "Akida 2.0 (8 bit)" in legend
     plt.close(fig)

@@ -261,7 +261,8 @@ def render_markdown(data: dict, headline_only: bool = False) -> str:
         "(`qana evaluate` of this .fbz), `fidelity.json` (`qana deploy`, Akida simulator), or `learn_*.json` "
         "(`qana learn`: exact integer emulation of the written readout; class-incremental rows: accuracy and "
         "macro-F1 over the classes learned so far, no balanced accuracy). 5-class models are scored on their 5 "
-        "classes. MACs: `akida.Model.macs`; for IP v1 models, where akida reports none, counted from the layers' shapes. "
+        "classes. MACs: `akida.Model.macs`; for IP v1 models, where akida reports none, counted from the layers' "
+        "shapes. "
         f"{TFLITE_LABEL}: `qana export` of the float model the folder's Akida model was converted from (full-integer "
         "TFLite for CPUs and microcontrollers, run with the TFLite interpreter; figures from `export.json`).",
         "min NPs: `akida.compute_min_device` without and with `enable_hwpr` (— where akida cannot size it).",

@@ -109,26 +109,28 @@ _V1_CONVOLUTIONS = ("InputConvolutional", "Convolutional", "SeparableConvolution
 def model_macs(model) -> int:
     """Multiply-accumulates per image: ``akida.Model.macs``, or for an IP v1 model (akida reports 0 there)
     counted from its layers' shapes, like the float count of ``evaluation.hardware_cost.count_macs``."""
-    if int(model.macs) or ip_of(model) != "v1":
-        return int(model.macs)
+    macs = int(model.macs)
+    if macs or ip_of(model) != "v1":
+        return macs
     total = 0
     for layer in model.layers:
         p = layer.parameters
         kind = p.layer_type.name
         if kind in _V1_CONVOLUTIONS:
-            # output_dims come after pooling; the convolution itself runs at the pre-pooling size
-            h, w, cin = layer.input_dims
-            kh, kw, sy, sx = p.kernel_height, p.kernel_width, p.stride_y, p.stride_x
+            # Akida 1.0 dims are (width, height, channels); output_dims come after pooling, while the
+            # convolution itself runs at the pre-pooling size.
+            x, y, cin = layer.input_dims
             same = int(p.padding) != 0
-            ho = -(-h // sy) if same else (h - kh) // sy + 1
-            wo = -(-w // sx) if same else (w - kw) // sx + 1
+            xo = -(-x // p.stride_x) if same else (x - p.kernel_width) // p.stride_x + 1
+            yo = -(-y // p.stride_y) if same else (y - p.kernel_height) // p.stride_y + 1
+            window = p.kernel_width * p.kernel_height
             if kind == "SeparableConvolutional":
-                total += ho * wo * (kh * kw * cin + cin * p.filters)
+                total += xo * yo * (window * cin + cin * p.filters)
             else:
-                total += ho * wo * kh * kw * cin * p.filters
+                total += xo * yo * window * cin * p.filters
         elif kind == "FullyConnected":
-            h, w, c = layer.input_dims
-            total += h * w * c * p.units
+            x, y, c = layer.input_dims
+            total += x * y * c * p.units
     return int(total)
 
 
