@@ -4,6 +4,7 @@
 - lesion crop: ``qana crop --json`` -> ``reports/crop/*.json``
 - hardware cost: ``qana hardware-cost --json`` -> ``models/hardware_cost.json``
 - seeds: ``scripts/seed_summary.py`` -> ``models/seeds/summary.json`` (reference recipe), ``<recipe>_summary.json``
+  (``--akida``: ``<recipe>_akida_summary.json``, the Akida integer models)
 
 Their commands print these tables and ``qana report`` renders them into reports/README.md and the docs/*.md
 pages that hold their markers, so no figure of a study is typed by hand.
@@ -110,13 +111,15 @@ def hardware_cost_table(rows: list[dict]) -> str:
 
 
 def seed_table(summary: dict) -> str:
-    """Test figures per seed and their mean ± sample standard deviation."""
+    """Test figures per seed and their mean ± sample standard deviation (of the float model, or of the Akida
+    integer model for ``seed_summary.py --akida``)."""
     rows = [[f"`{r['run']}`", str(r["seed"]), *(f"{r[c]:.3f}" for c in SEED_COLUMNS)] for r in summary["runs"]]
     s = summary["summary"]
     rows.append([f"mean ± sd ({len(summary['runs'])} seeds)", "",
                  *(f"{s[c]['mean']:.3f} ± {s[c]['std']:.3f}" for c in SEED_COLUMNS)])
     header = ["run", "seed", "top-1", "bal. acc.", "macro-F1", "recall akiec", "recall df", "recall vasc"]
-    return table(header, rows)
+    what = "Akida integer model" if summary.get("model") == "akida" else "Float Keras model"
+    return f"{what}, test split.\n\n" + table(header, rows)
 
 
 def find_studies(models_dir: Path, out_dir: Path) -> dict[str, list[Path]]:
