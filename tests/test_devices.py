@@ -366,3 +366,17 @@ def test_map_hw_falls_back_to_hwpr_on_any_akida_error_and_deploy_uses_it():
     board = type("Board", (), {"desc": "PCIe/NSoC_v2/0 (fake)"})()
     with pytest.raises(DeviceError, match=r"does not map on board PCIe/NSoC_v2/0 \(fake\): layer conv: does not fit; "):
         run_on_board(model, board, random_images(2), **QUIET)
+
+
+def test_np_figures_of_a_multi_pass_mapping_say_they_are_summed_over_the_passes():
+    from qana_keras.reporting.hardware import _cell
+    from qana_keras.runtime.devices import np_use
+
+    one = {"status": "one-pass", "label": "one pass", "passes": 1, "nps": 24, "nps_available": 24,
+           "program_bytes": 1000}
+    several = {"status": "multi-pass", "label": "7 passes (AllNps)", "passes": 7, "nps": 159, "nps_available": 24,
+               "program_bytes": 3588528}
+    assert np_use(one) == "24 of 24 NPs"
+    assert np_use(several) == "159 NPs summed over the 7 passes on 24"
+    assert _cell(one) == "one pass, 24 NPs, 1,000 B"
+    assert _cell(several) == "7 passes (AllNps), 159 NPs over the passes, 3,588,528 B"

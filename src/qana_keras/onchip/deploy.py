@@ -258,7 +258,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     """
     import akida
 
-    from qana_keras.runtime.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
+    from qana_keras.runtime.devices import (check_fit, choose_device, device_reports, find_board, ip_of, np_use,
                                     min_device_report, not_measured, parse_device)
     from qana_keras.runtime.load import load_keras_model
 
@@ -280,7 +280,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
         name, _device, row, rows, mins = choose_device(akida_model, choice, model_name, hint)
         why = "chosen: the smallest standard device that runs it" if choice.kind == "default" else "asked for"
         log(NO_BOARD_NOTE)
-        log(f"device: {name} ({why}): {row['label']}, {row.get('nps')} of {row['nps_available']} NPs, program "
+        log(f"device: {name} ({why}): {row['label']}, {np_use(row)}, program "
             f"{row.get('program_bytes', 0):,} bytes; then the software simulator on the CPU")
     else:
         rows, mins = device_reports(akida_model), min_device_report(akida_model)

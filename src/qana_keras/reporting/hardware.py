@@ -192,7 +192,8 @@ def build_table(models_dir: str | Path, root: str | Path | None = None) -> dict:
 
 def _cell(row: dict) -> str:
     if row["status"] in ("one-pass", "multi-pass"):
-        return f"{row['label']}, {row['nps']} NPs, {row['program_bytes']:,} B"
+        nps = f"{row['nps']} NPs" if row["status"] == "one-pass" else f"{row['nps']} NPs over the passes"
+        return f"{row['label']}, {nps}, {row['program_bytes']:,} B"
     return row["label"]
 
 

@@ -166,6 +166,13 @@ def mapping_summary(model) -> dict:
             "sequence_detail": sequences}
 
 
+def np_use(row: dict) -> str:
+    """"24 of 24 NPs" for one pass; for several passes the NPs are summed over them and exceed the device's."""
+    if row.get("passes", 1) > 1:
+        return f"{row['nps']} NPs summed over the {row['passes']} passes on {row['nps_available']}"
+    return f"{row['nps']} of {row['nps_available']} NPs"
+
+
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
 
