@@ -17,9 +17,11 @@ usage: python scripts/paired_compare.py A B [--tta | --tta-a N --tta-b N] [--sou
 """
 import argparse
 import sys
+from pathlib import Path
 
 import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from qana_keras.config import DataConfig
+from qana_keras import CLASSES
+from qana_keras.config import DataConfig, load_config
 from qana_keras.data.dataset import load_splits
 from qana_keras.evaluation.evaluate import model_image_size
 from qana_keras.failures import run_main
@@ -29,15 +31,32 @@ from qana_keras.runtime.load import load_model_any, predict_logits
 from qana_keras.runtime.tta import VIEW_COUNTS, tta_logits
 
 
+def whole_image_size(path: str, model) -> int:
+    """The input size of a whole-image model (config.yaml beside it); a one-line error for a lesion-crop model,
+    whose inputs this script does not make."""
+    size = model_image_size(path, model)
+    crop = load_config(Path(path).parent / "config.yaml").data.crop
+    if crop != "none":
+        raise ValueError(f"{path} was trained on lesion crops (data.crop={crop}) and this script feeds whole images; "
+                         "compare crop models with scripts/crop_eval.py (see docs/crop.md)")
+    return size
+
+
 def predictions(path: str, views: int, sources: tuple, splits_by_size: dict) -> dict:
     """Predicted classes of the model at ``path`` on every split, averaged over ``views`` flips/rotations."""
     model = load_model_any(path)
-    size = model_image_size(path, model)
+    size = whole_image_size(path, model)
     if size not in splits_by_size:
         splits_by_size[size] = load_splits(DataConfig(image_size=size, extra_sources=sources), extra_sources=True)
     data = splits_by_size[size]
-    return {split: tta_logits(lambda images: predict_logits(model, images), data[split].images, views).argmax(1)
-            for split in evaluated(data)}, data
+    out = {}
+    for split in evaluated(data):
+        logits = tta_logits(lambda images: predict_logits(model, images), data[split].images, views)
+        if logits.shape[1] != len(CLASSES):  # a 5-class model's argmax would be scored against 7-class labels
+            raise ValueError(f"{path} outputs {logits.shape[1]} values per image, not the {len(CLASSES)} classes "
+                             f"({', '.join(CLASSES)}) this script compares")
+        out[split] = logits.argmax(1)
+    return out, data
 
 
 def evaluated(data: dict) -> list[str]:

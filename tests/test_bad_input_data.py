@@ -398,6 +398,12 @@ def test_check_start_names_a_missing_backbone_file_and_refuses_two_initialisatio
     config.train.init_backbone_from = config.train.init_from = str(tmp_path / "a.h5")
     with pytest.raises(ValueError, match="train.init_from and train.init_backbone_from are both set; give one"):
         check_start(config, log=_quiet)
+    config.train.init_from = ""
+    with pytest.raises(ValueError, match="train.init_backbone_from needs a pretrained Lite0 variant .* not qana"):
+        check_start(config, log=_quiet)
+    config.model.variant = "lite0-b5"
+    with pytest.raises(ValueError, match=r"a.h5"):  # an empty file is no Keras model: refused before any image
+        check_start(config, log=_quiet)
 
 
 def test_make_quick_deletes_only_its_own_scratch_run():

@@ -101,3 +101,16 @@ def test_akida_1_models_are_filled_squares_when_they_fit_akd1500():
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "Akida 1.0 (4 bit)" in legend and "Akida 2.0 (8 bit)" in legend
     plt.close(fig)
+
+
+def test_models_at_one_point_but_of_other_ip_or_device_class_keep_their_own_markers():
+    from qana_keras.plots import accuracy_vs_cost_figure
+
+    fig = accuracy_vs_cost_figure([_hardware_row("models/a/a.fbz", 40_000_000, 0.66, "twelve-nodes-v2"),
+                                   _hardware_row("models/b/b.fbz", 40_000_000, 0.66, "akd1500", ip="v1"),
+                                   _hardware_row("models/c/c.fbz", 40_000_000, 0.66, "six-nodes-v2")])
+    ax = fig.axes[0]
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    assert len(points) == 3 and [t.get_text() for t in ax.texts] == ["a", "b", "c"]
+    assert [len(c.get_facecolors()) > 0 for c in points] == [False, True, True]
+    plt.close(fig)

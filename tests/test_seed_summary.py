@@ -55,3 +55,37 @@ def test_akida_needs_exactly_one_full_test_deployment(tmp_path):
     write_json(run / "fidelity_i8_w4_a4.json", quick)
     with pytest.raises(ValueError, match="not a full test-split deployment"):
         script.main([str(run), "--akida"])
+
+
+def test_bits_chooses_the_precision_and_different_models_are_refused(tmp_path):
+    script = _seed_summary()
+    run = _copy(SEEDS[0], tmp_path / "run")
+    eight = read_json(run / "fidelity_i8_w4_a4.json") | {"precision": "i8_w8_a8", "variant": "plain-cnn"}
+    write_json(run / "fidelity.json", eight)
+    script.main([str(run), "--akida", "--bits", "4", "--json", str(tmp_path / "four.json")])
+    assert read_json(tmp_path / "four.json")["runs"][0]["top1"] == \
+        read_json(run / "fidelity_i8_w4_a4.json")["models"]["akida"]["top1"]
+    other = _copy(SEEDS[1], tmp_path / "other")
+    (other / "fidelity_i8_w4_a4.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"other/fidelity_i8_w4_a4.json not found: run `qana deploy"):
+        script.main([str(other), "--akida", "--bits", "4"])
+    # Another variant under the same precision tag is not the same recipe.
+    write_json(other / "fidelity_i8_w4_a4.json", eight)
+    with pytest.raises(ValueError, match=r"different Akida models \(plain-cnn i8_w8_a8, plain-cnn-v1 i8_w4_a4\)"):
+        script.main([str(run), str(other), "--akida", "--bits", "4"])
+
+
+def test_partial_fidelity_and_five_class_runs_are_one_line_errors(tmp_path):
+    script = _seed_summary()
+    run = _copy(SEEDS[0], tmp_path / "run")
+    write_json(run / "fidelity_i8_w4_a4.json", {"split": "test"})
+    with pytest.raises(ValueError, match=r"fidelity_i8_w4_a4.json: no 'variant' in it"):
+        script.main([str(run), "--akida"])
+    write_json(run / "fidelity_i8_w4_a4.json", [])
+    with pytest.raises(ValueError, match="not a full test-split deployment"):
+        script.main([str(run), "--akida"])
+    metrics = read_json(run / "metrics.json")
+    del metrics["test"]["per_class"]["df"]
+    write_json(run / "metrics.json", metrics)
+    with pytest.raises(ValueError, match=r"metrics.json: no 'per_class.df.recall' in it"):
+        script.main([str(run)])

@@ -55,6 +55,21 @@ def read_json(path: str | Path):
             raise ValueError(f"{path}: not valid JSON (not UTF-8 text); fix or re-create it") from None
 
 
+def required_values(path: str | Path, data, keys: tuple[str, ...]) -> dict:
+    """``data[key]`` for each key (nested with dots, e.g. ``models.akida.top1``), keyed by its last part; a missing
+    one is a ValueError naming ``path`` (a partial or hand-edited JSON), not a KeyError."""
+    out = {}
+    for key in keys:
+        value = data
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"{path}: no {key!r} in it (partial or hand-edited?); re-create it or remove it "
+                                 "from the model folder")
+            value = value[part]
+        out[key.rsplit(".", 1)[-1]] = value
+    return out
+
+
 def read_classes(folder: str | Path) -> tuple[str, ...] | None:
     """The output class names of the model(s) in ``folder``: its ``classes.json`` (``{"classes": [...]}`` as
     `qana train` writes it, or a bare list), checked against ``qana_keras.CLASSES``; None if there is none."""

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qana_keras.io import atomic_path  # noqa: E402
+from qana_keras.runtime.devices import np_use  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -189,7 +190,7 @@ def plot_np_mapping(rows: list[dict], path: str | Path, title: str = "") -> None
         available = row.get("nps_available")
         if available:
             ax.plot([available, available], [yi - 0.35, yi + 0.35], color="black", lw=1.5)
-        text = (f"{row['nps']} NPs, {row['passes']} pass" if row.get("ok") else "does not map")
+        text = np_use(row) if row.get("ok") else "does not map"
         ax.text(max(left.max(), max(r.get("nps_available") or 0 for r in rows)) * 1.02, yi, text, va="center",
                 fontsize=8, color="black" if row.get("ok") else "tab:red")
     ax.set_yticks(y, names)
@@ -227,11 +228,13 @@ def accuracy_vs_cost_figure(models: list[dict]):
             value = m["accuracy"].get(key)
             if value is not None:
                 name = folder.name if folders.count(folder) == 1 else f"{folder.name}/{Path(m['model']).stem}"
-                points.setdefault((round(m["macs"] / 1e6, 1), round(100 * value, 2)), []).append((m, name))
-        for (macs, value), same in points.items():
+                small = any(m["devices"][d]["status"] == "one-pass" for d in ONE_PASS_24_NPS if d in m["devices"])
+                # The marker (IP version, small device) is part of the key: models that differ there stay apart.
+                point = (round(m["macs"] / 1e6, 1), round(100 * value, 2), m["ip"], small)
+                points.setdefault(point, []).append((m, name))
+        for (macs, value, ip, small), same in points.items():
             m, name = same[0]
-            small = any(m["devices"][d]["status"] == "one-pass" for d in ONE_PASS_24_NPS if d in m["devices"])
-            ax.scatter(macs, value, s=40, marker="o" if m["ip"] == "v2" else "s",
+            ax.scatter(macs, value, s=40, marker="o" if ip == "v2" else "s",
                        facecolors="tab:blue" if small else "none", edgecolors="tab:blue")
             label_text = name if len(same) == 1 else f"{name} (+{len(same) - 1} more)"
             ax.annotate(label_text, (macs, value), fontsize=6, xytext=(3, 2), textcoords="offset points")

@@ -20,6 +20,7 @@ import qana_keras  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 from qana_keras import CLASSES
 from qana_keras.runtime.devices import NO_BOARD_NOTE, NP_TYPES_NOT_NPS, mapping_summary  # noqa: F401  (scripts import them)
+from qana_keras.runtime.devices import np_use
 from qana_keras.io import atomic_write_text, display_path, write_json
 from qana_keras.metrics import FIDELITY_TARGETS
 from qana_keras.runtime.progress import run_with_progress
@@ -75,7 +76,7 @@ def virtual_device_report(model, names: tuple[str, ...] = VIRTUAL_DEVICES, inclu
     for row in rows:
         if row["ok"]:
             log(f"  {row['device']:<20} {row['nps_available']:>3} NPs available: {row['sequences']} sequence(s), "
-                f"{row['passes']} pass(es), {row['nps']} NPs used {_np_types(row)}, program {row['program_bytes']} B, "
+                f"{row['passes']} pass(es), {np_use(row)} used {_np_types(row)}, program {row['program_bytes']} B, "
                 f"external memory {row['external_memory_bytes']} B")
         else:
             log(f"  {row['device']:<20} {row.get('nps_available', '?'):>3} NPs available: does not map: {row['error']}")
@@ -258,7 +259,7 @@ def deploy_run(run_dir: str | Path, device: str | None = None, bits: int = 8, ba
     """
     import akida
 
-    from qana_keras.runtime.devices import (check_fit, choose_device, device_reports, find_board, ip_of, np_use,
+    from qana_keras.runtime.devices import (check_fit, choose_device, device_reports, find_board, ip_of,
                                     min_device_report, not_measured, parse_device)
     from qana_keras.runtime.load import load_keras_model
 

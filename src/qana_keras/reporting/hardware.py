@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from qana_keras.runtime.devices import NO_BOARD_NOTE, STANDARD_DEVICES
-from qana_keras.io import atomic_write_text, read_classes, read_json, write_json
+from qana_keras.io import atomic_write_text, read_classes, read_json, required_values, write_json
 from qana_keras.plots import plot_accuracy_vs_cost
 from qana_keras.runs import precision_suffix
 from qana_keras.runtime.safe_load import inside_folder, load_akida_model, reports_naming
@@ -67,20 +67,6 @@ def _conversion_suffixes(fbz: Path) -> list[str]:
     return [tag if fbz.stem.endswith(tag) else ""]
 
 
-def _test_figures(path: Path, data, keys: tuple[str, ...]) -> dict:
-    """``data[key]`` for each key (nested with dots), or a one-line error naming ``path``."""
-    out = {}
-    for key in keys:
-        value = data
-        for part in key.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise ValueError(f"{path}: no {key!r} in it (partial or hand-edited?); re-create it or remove it "
-                                 "from the model folder")
-            value = value[part]
-        out[key.rsplit(".", 1)[-1]] = value
-    return out
-
-
 def integer_accuracy(fbz: Path) -> dict:
     """HAM10000 test top-1 / balanced accuracy / macro-F1 of the integer model ``fbz``, from its folder's JSON:
     a `qana evaluate` of this file (evaluate_*test*.json), else `qana deploy`'s fidelity.json (Akida simulator),
@@ -89,13 +75,13 @@ def integer_accuracy(fbz: Path) -> dict:
         e = _read(path)
         if isinstance(e, dict) and e.get("split") == "test" and not e.get("quick") \
                 and e.get("format", "ham10000") == "ham10000" and Path(str(e.get("model", ""))).name == fbz.name:
-            a = _test_figures(path, e, ("top1", "balanced_accuracy", "macro_f1"))
+            a = required_values(path, e, ("top1", "balanced_accuracy", "macro_f1"))
             return _headline(path.name, a["top1"], a["balanced_accuracy"], a["macro_f1"], e.get("n_images"))
     for suffix in _conversion_suffixes(fbz):
         path = fbz.parent / f"fidelity{suffix}.json"
         f = _read(path)
         if isinstance(f, dict) and f.get("split") == "test" and not f.get("quick"):
-            a = _test_figures(path, f, ("models.akida.top1", "models.akida.balanced_accuracy",
+            a = required_values(path, f, ("models.akida.top1", "models.akida.balanced_accuracy",
                                         "models.akida.macro_f1"))
             return _headline(path.name, a["top1"], a["balanced_accuracy"], a["macro_f1"], f.get("n_images"))
     learned = _from_learning(fbz)
@@ -127,7 +113,7 @@ def tflite_export(fbz: Path) -> dict | None:
     if not path.is_file() or not converted:
         return None
     export = read_json(path)
-    figures = _test_figures(path, export, ("artifacts.tflite", "artifacts.float", "bytes", "test.tflite_int8.top1",
+    figures = required_values(path, export, ("artifacts.tflite", "artifacts.float", "bytes", "test.tflite_int8.top1",
                                            "test.tflite_int8.balanced_accuracy", "test.tflite_int8.macro_f1",
                                            "test.argmax_agreement", "test.n_images"))
     if figures["float"] != converted[0]["artifacts"].get("float"):

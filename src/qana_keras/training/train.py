@@ -42,6 +42,7 @@ from qana_keras.plots import plot_confusion_matrix, plot_history, plot_per_class
 from qana_keras.provenance import versions
 from qana_keras.runs import artifact_paths, load_splits
 from qana_keras.runtime.load import load_keras_model, predict_logits
+from qana_keras.runtime.safe_load import check_keras_artifact
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
@@ -154,6 +155,11 @@ def check_start(config: Config, log=print) -> None:
     if config.train.init_from and config.train.init_backbone_from:
         raise ValueError("train.init_from and train.init_backbone_from are both set; give one (init_from copies the "
                          "whole model, init_backbone_from only the pretrained backbone)")
+    if config.train.init_backbone_from:
+        if not config.model.variant.startswith("lite0-"):
+            raise ValueError(f"train.init_backbone_from needs a pretrained Lite0 variant (model.variant lite0-*), not "
+                             f"{config.model.variant}; use train.init_from to start a whole model from another run")
+        check_keras_artifact(config.train.init_backbone_from)  # a wrong kind of file fails now, not after caching
     try:
         # No ImageNet weights: this only checks that the graph builds (lite0-* would read and hash an 18 MB file).
         build_model(dataclasses.replace(config.model, pretrained=False), input_size=config.data.image_size,
