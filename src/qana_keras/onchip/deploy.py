@@ -76,7 +76,7 @@ def virtual_device_report(model, names: tuple[str, ...] = VIRTUAL_DEVICES, inclu
     for row in rows:
         if row["ok"]:
             log(f"  {row['device']:<20} {row['nps_available']:>3} NPs available: {row['sequences']} sequence(s), "
-                f"{row['passes']} pass(es), {np_use(row)} used {_np_types(row)}, program {row['program_bytes']} B, "
+                f"{row['passes']} pass(es), {np_use(row)} {_np_types(row)}, program {row['program_bytes']} B, "
                 f"external memory {row['external_memory_bytes']} B")
         else:
             log(f"  {row['device']:<20} {row.get('nps_available', '?'):>3} NPs available: does not map: {row['error']}")

@@ -82,7 +82,7 @@ def integer_accuracy(fbz: Path) -> dict:
         f = _read(path)
         if isinstance(f, dict) and f.get("split") == "test" and not f.get("quick"):
             a = required_values(path, f, ("models.akida.top1", "models.akida.balanced_accuracy",
-                                        "models.akida.macro_f1"))
+                                          "models.akida.macro_f1"))
             return _headline(path.name, a["top1"], a["balanced_accuracy"], a["macro_f1"], f.get("n_images"))
     learned = _from_learning(fbz)
     if learned:
@@ -114,8 +114,8 @@ def tflite_export(fbz: Path) -> dict | None:
         return None
     export = read_json(path)
     figures = required_values(path, export, ("artifacts.tflite", "artifacts.float", "bytes", "test.tflite_int8.top1",
-                                           "test.tflite_int8.balanced_accuracy", "test.tflite_int8.macro_f1",
-                                           "test.argmax_agreement", "test.n_images"))
+                                             "test.tflite_int8.balanced_accuracy", "test.tflite_int8.macro_f1",
+                                             "test.argmax_agreement", "test.n_images"))
     if figures["float"] != converted[0]["artifacts"].get("float"):
         return None  # exported from another float model than the one converted for Akida
     tflite = inside_folder(fbz.parent, figures["tflite"], path)
