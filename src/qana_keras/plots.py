@@ -10,7 +10,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qana_keras.io import atomic_path  # noqa: E402
-from qana_keras.runtime.devices import np_use  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -190,7 +189,9 @@ def plot_np_mapping(rows: list[dict], path: str | Path, title: str = "") -> None
         available = row.get("nps_available")
         if available:
             ax.plot([available, available], [yi - 0.35, yi + 0.35], color="black", lw=1.5)
-        text = np_use(row) if row.get("ok") else "does not map"
+        # Several passes: the NPs are summed over them (and may exceed the device's), as the tables say.
+        text = ("does not map" if not row.get("ok") else f"{row['nps']} NPs, 1 pass" if row["passes"] == 1
+                else f"{row['nps']} NPs summed over {row['passes']} passes")
         ax.text(max(left.max(), max(r.get("nps_available") or 0 for r in rows)) * 1.02, yi, text, va="center",
                 fontsize=8, color="black" if row.get("ok") else "tab:red")
     ax.set_yticks(y, names)
